@@ -1,0 +1,149 @@
+"""The ``harness`` command line. Heavy libraries load only inside commands that need them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from harness import __version__
+from harness.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Command(click.Group):
+    """Turns :class:`UserError` into one line per problem on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            for line in exc.lines or [str(exc)]:
+                click.echo(f"harness: error: {line}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=_Command)
+@click.version_option(__version__, prog_name="harness")
+def main() -> None:
+    """Tune language models with every method, evaluate the base and every variant
+    alike, and keep it all in DuckDB: what did tuning cost?"""
+
+
+@main.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress bars (default: when writing to a terminal).")
+def run(suite: Path, progress: bool | None) -> None:
+    """Run SUITE: tune, evaluate and store every cell not already in the store."""
+    from rich.console import Console
+
+    from harness.runner import run_suite
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    summary = run_suite(suite, console=console,
+                        show_progress=console.is_terminal if progress is None else progress)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+def validate(suite: Path) -> None:
+    """Check SUITE (syntax, fields, plugin names, options, data files) without running it."""
+    from harness.plugins import PluginHost
+    from harness.suite import load_suite
+
+    loaded = load_suite(suite, PluginHost.load())
+    cells = len(loaded.models) * (1 + len(loaded.tuners)) * len(loaded.evaluators)
+    click.echo(
+        f"{suite}: ok - {len(loaded.models)} model(s) x (base + {len(loaded.tuners)} tuner(s)) "
+        f"x {len(loaded.evaluators)} evaluator(s) = {cells} cells; store {loaded.store_path}"
+    )
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(show_all: bool, as_json: bool) -> None:
+    """List plugins, their versions, hooks, components and load errors."""
+    from harness.plugins import PluginHost
+
+    host = PluginHost.load()
+    infos = [i for i in host.plugins() if show_all or not i.builtin]
+    components = {
+        kind: {name: reg.plugin for name, reg in sorted(regs.items())}
+        for kind, regs in host.registry().items()
+    }
+    if as_json:
+        click.echo(json.dumps({"plugins": [i.as_dict() for i in infos],
+                               "components": components}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Plugins" + ("" if show_all else " (third-party; --all adds built-ins)"),
+                  title_justify="left")
+    for column in ("name", "distribution", "version", "hooks", "components", "error"):
+        table.add_column(column)
+    for info in infos:
+        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.components.items())
+        table.add_row(info.name, info.distribution or "", info.version or "",
+                      ", ".join(info.hooks), registered, info.error or "")
+    if infos:
+        console.print(table)
+    else:
+        console.print("No third-party plugins installed (--all lists the built-ins).")
+    summary = Table(title="Components", title_justify="left")
+    summary.add_column("kind")
+    summary.add_column("names")
+    for kind, names in components.items():
+        summary.add_row(kind, ", ".join(names))
+    console.print(summary)
+
+
+def _default_store() -> Path:
+    """``HARNESS_STORE``, else the newest ``results/*.duckdb`` under the current folder."""
+    if os.environ.get("HARNESS_STORE"):
+        return Path(os.environ["HARNESS_STORE"])
+    candidates = sorted(Path("results").glob("*.duckdb"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError("no store given and none found in results/ (use --store or --suite)")
+    return candidates[-1]
+
+
+@main.command()
+@click.argument("statement")
+@click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to query.")
+@click.option("--suite", type=click.Path(path_type=Path), help="Query this suite's store.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> None:
+    """Run a read-only SQL STATEMENT on a store (tables, and views such as forgetting)."""
+    from harness.store import query
+
+    if store is None and suite is not None:
+        from harness.suite import read_toml
+
+        raw = read_toml(suite).get("suite", {})
+        name = raw.get("name", "suite")
+        store = (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve()
+    store = store or _default_store()
+    columns, rows = query(store, statement)
+    if fmt == "json":
+        click.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str, indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        from rich.console import Console
+
+        from harness_plugins.reporters.console import render_table
+
+        Console().print(render_table(str(store), columns, rows))

@@ -1,0 +1,55 @@
+"""JSONL data files read into typed rows, with errors that name file, line and field.
+
+Shared by tuners and evaluators, so every data file in a suite fails the same
+clear way: ``data/train.jsonl:17: field 'messages.1.content': ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.errors import DataError
+
+Row = TypeVar("Row", bound=BaseModel)
+
+
+class DataRow(BaseModel):
+    """Base for row schemas; unknown keys are kept (ids, metadata)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def read_jsonl(path: str | Path, schema: type[Row]) -> list[tuple[int, Row]]:
+    """Read every non-blank line of ``path`` as a ``schema`` row; returns (line, row) pairs."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read: {exc.strerror}") from None
+    rows: list[tuple[int, Row]] = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(path, number, f"not valid UTF-8 (byte {exc.start})") from None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise DataError(path, number, f"expected a JSON object, got {type(value).__name__}")
+        try:
+            rows.append((number, schema.model_validate(value)))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or None
+            raise DataError(path, number, error["msg"], field=field) from None
+    if not rows:
+        raise DataError(path, None, "no rows")
+    return rows

@@ -1,0 +1,81 @@
+"""Model references: which source resolves them, where they are cached, their fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from harness.components import ResolvedModel
+from harness.errors import UserError
+from harness.plugins import PluginHost
+from harness.suite import NAMED_REFERENCE, ModelEntry
+
+_CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """Where converted models and other derived files live (``HARNESS_CACHE``)."""
+    root = os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def source_for(reference: str, base_dir: Path) -> tuple[str, str]:
+    """Pick a source for a reference: ``name:rest`` names one; otherwise a folder or a hub id."""
+    if NAMED_REFERENCE.match(reference):
+        prefix, rest = reference.split(":", 1)
+        return prefix, rest
+    looks_local = reference.startswith((".", "/", "~")) or (base_dir / reference).exists()
+    return ("local" if looks_local else "hub"), reference
+
+
+def fingerprint(folder: Path) -> str:
+    """SHA-256 over every file of a model folder (weights, config, tokenizer).
+
+    Hashing a few hundred MB takes about a second, so the digest is cached,
+    keyed by each file's size and modification time.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not files:
+        raise UserError(f"{folder}: model folder is empty")
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo_path = cache_dir() / "fingerprints.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    key = str(folder.resolve())
+    entry = memo.get(key)
+    if entry and entry.get("stamp") == stamp:
+        return entry["digest"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    result = digest.hexdigest()
+    memo[key] = {"stamp": stamp, "digest": result}
+    tmp = memo_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(memo))
+    tmp.replace(memo_path)
+    return result
+
+
+def resolve_model(entry: ModelEntry, host: PluginHost, base_dir: Path) -> ResolvedModel:
+    """Make a suite's model local and fingerprint it."""
+    source_name, reference = source_for(entry.source, base_dir)
+    source = host.component("model_source", source_name).component()
+    path = Path(
+        source.resolve(reference, base_dir=base_dir, trust_remote_code=entry.trust_remote_code)
+    )
+    return ResolvedModel(
+        name=entry.name,
+        source=entry.source,
+        path=path,
+        fingerprint=fingerprint(path),
+        trust_remote_code=entry.trust_remote_code,
+    )

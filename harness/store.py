@@ -1,0 +1,343 @@
+"""The DuckDB store: schema, atomic per-cell writes, read-only queries, views.
+
+DuckDB lets one process write a file and no other process open it meanwhile,
+so the driver opens the store, writes one batch (a cell, a variant) in one
+transaction and closes it again; ``harness sql`` slips in between writes.
+Both sides retry while the other holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from harness.errors import StoreLockedError, UserError
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    suite VARCHAR,
+    suite_path VARCHAR,
+    harness_version VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    status VARCHAR,
+    cells_planned INTEGER,
+    cells_cached INTEGER,
+    cells_done INTEGER,
+    cells_failed INTEGER,
+    seconds DOUBLE
+);
+CREATE TABLE IF NOT EXISTS models (
+    model_key VARCHAR,
+    name VARCHAR,
+    source VARCHAR,
+    path VARCHAR,
+    first_seen TIMESTAMP,
+    PRIMARY KEY (model_key, name)
+);
+CREATE TABLE IF NOT EXISTS variants (
+    variant_key VARCHAR PRIMARY KEY,
+    suite VARCHAR,
+    model_name VARCHAR,
+    model_key VARCHAR,
+    name VARCHAR,
+    method VARCHAR,
+    kind VARCHAR,
+    config JSON,
+    data_path VARCHAR,
+    data_hash VARCHAR,
+    path VARCHAR,
+    status VARCHAR,
+    error VARCHAR,
+    steps INTEGER,
+    loss_curve DOUBLE[],
+    final_loss DOUBLE,
+    seconds DOUBLE,
+    train_tokens BIGINT,
+    tokens_per_second DOUBLE,
+    peak_memory_mb DOUBLE,
+    trainable_params BIGINT,
+    total_params BIGINT,
+    run_id VARCHAR,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_key VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
+    suite VARCHAR,
+    model_name VARCHAR,
+    model_key VARCHAR,
+    variant_name VARCHAR,
+    variant_key VARCHAR,
+    evaluator VARCHAR,
+    evaluator_kind VARCHAR,
+    evaluator_key VARCHAR,
+    role VARCHAR,
+    backend VARCHAR,
+    status VARCHAR,
+    error VARCHAR,
+    traceback VARCHAR,
+    seconds DOUBLE,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP
+);
+-- metrics and samples carry no primary key: a cell's rows are replaced by a
+-- delete and an insert inside one transaction, which DuckDB's index checks
+-- would reject for the same key.
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_key VARCHAR,
+    metric VARCHAR,
+    value DOUBLE,
+    n INTEGER,
+    stderr DOUBLE,
+    higher_is_better BOOLEAN,
+    is_primary BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS samples (
+    cell_key VARCHAR,
+    item_index INTEGER,
+    item_id VARCHAR,
+    prompt VARCHAR,
+    target VARCHAR,
+    output VARCHAR,
+    score DOUBLE,
+    logprobs DOUBLE[],
+    extra JSON
+);
+"""
+
+_VIEWS = """
+-- the newest finished cell per (suite, model, variant, evaluator), primary metric only
+CREATE OR REPLACE VIEW latest_scores AS
+SELECT c.suite, c.model_name AS model, c.model_key, c.variant_name AS variant, c.variant_key,
+       c.evaluator, c.evaluator_key, c.role, m.metric, m.value, m.stderr, m.n,
+       m.higher_is_better, c.cell_key, c.finished_at
+FROM cells c JOIN metrics m USING (cell_key)
+WHERE c.status = 'done' AND m.is_primary
+QUALIFY row_number() OVER (
+    PARTITION BY c.suite, c.model_name, c.variant_name, c.evaluator
+    ORDER BY c.finished_at DESC) = 1;
+
+CREATE OR REPLACE VIEW leaderboard AS
+SELECT s.suite, s.model, s.variant, coalesce(v.method, 'base') AS method, s.evaluator,
+       s.role, s.metric, s.value, s.stderr, s.n, s.higher_is_better
+FROM latest_scores s LEFT JOIN variants v ON v.variant_key = s.variant_key
+ORDER BY s.suite, s.model, s.evaluator, s.variant = 'base' DESC, s.variant;
+
+-- what tuning cost on abilities it did not target: variant minus its own base
+-- on the same evaluator configuration; ``forgetting`` > 0 means worse than base
+CREATE OR REPLACE VIEW forgetting AS
+SELECT t.suite, t.model, t.variant, coalesce(v.method, '') AS method, t.evaluator, t.role,
+       t.metric, b.value AS base_value, t.value AS variant_value,
+       t.value - b.value AS delta,
+       CASE WHEN t.higher_is_better THEN b.value - t.value ELSE t.value - b.value END
+           AS forgetting,
+       t.n
+FROM latest_scores t
+JOIN latest_scores b
+  ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
+ AND b.metric = t.metric AND b.variant = 'base'
+LEFT JOIN variants v ON v.variant_key = t.variant_key
+WHERE t.variant <> 'base' AND t.role IN ('general', 'safety')
+ORDER BY t.suite, t.model, t.evaluator, t.variant;
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "being used by another process" in text
+
+
+def connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open the store, waiting up to ``timeout`` seconds while another process holds it."""
+    if read_only and not path.exists():
+        raise UserError(f"{path}: no such store (run a suite first)")
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise UserError(f"{path}: cannot open store: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"{path}: store is locked by another process (waited {timeout:.0f} s)"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+class Store:
+    """One DuckDB file. Every write opens, commits and closes."""
+
+    def __init__(self, path: Path, lock_timeout: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+
+    @contextmanager
+    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = connect(self.path, read_only=False, timeout=self.lock_timeout)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = connect(self.path, read_only=True, timeout=self.lock_timeout)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # -- schema -----------------------------------------------------------------
+
+    def initialise(self) -> None:
+        with self._write() as con:
+            con.execute(_TABLES)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path}: store has schema version {row[0]}, this harness "
+                    f"writes version {SCHEMA_VERSION}"
+                )
+            con.execute(_VIEWS)
+
+    # -- runs -------------------------------------------------------------------
+
+    def start_run(self, run_id: str, suite: str, suite_path: Path, version: str,
+                  planned: int, cached: int) -> None:
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?, 0, 0, NULL)",
+                [run_id, suite, str(suite_path), version, _now(), planned, cached],
+            )
+
+    def finish_run(self, run_id: str, status: str, done: int, failed: int, seconds: float) -> None:
+        with self._write() as con:
+            con.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, cells_done = ?, cells_failed = ?, "
+                "seconds = ? WHERE run_id = ?",
+                [_now(), status, done, failed, seconds, run_id],
+            )
+
+    # -- lookups ------------------------------------------------------------------
+
+    def finished_cells(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are already done (failed cells are retried)."""
+        if not self.path.exists() or not keys:
+            return set()
+        with self.read() as con:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            if "cells" not in tables:
+                return set()
+            rows = con.execute(
+                "SELECT cell_key FROM cells WHERE status = 'done' AND cell_key IN "
+                "(SELECT unnest(?))",
+                [list(keys)],
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def trained_variant(self, variant_key: str) -> dict[str, Any] | None:
+        """The stored record of a finished tuning run, if any."""
+        with self.read() as con:
+            cursor = con.execute(
+                "SELECT * FROM variants WHERE variant_key = ? AND status = 'done'", [variant_key]
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            return dict(zip([d[0] for d in cursor.description], row))
+
+    # -- writes -----------------------------------------------------------------
+
+    def record_model(self, model_key: str, name: str, source: str, path: Path) -> None:
+        with self._write() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?)",
+                [model_key, name, source, str(path), _now()],
+            )
+
+    def record_variant(self, row: dict[str, Any]) -> None:
+        row = {**row, "created_at": _now()}
+        if isinstance(row.get("config"), dict):
+            row["config"] = json.dumps(row["config"], sort_keys=True)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._write() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO variants ({columns}) VALUES ({marks})", list(row.values())
+            )
+
+    def record_cell(self, cell: dict[str, Any], metrics: Sequence[dict[str, Any]],
+                    samples: Sequence[dict[str, Any]]) -> None:
+        """Write a cell with its metrics and samples in one transaction."""
+        key = cell["cell_key"]
+        with self._write() as con:
+            con.execute("DELETE FROM metrics WHERE cell_key = ?", [key])
+            con.execute("DELETE FROM samples WHERE cell_key = ?", [key])
+            columns = ", ".join(cell)
+            marks = ", ".join("?" for _ in cell)
+            con.execute(
+                f"INSERT OR REPLACE INTO cells ({columns}) VALUES ({marks})", list(cell.values())
+            )
+            if metrics:
+                con.executemany(
+                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [[key, m["metric"], m["value"], m.get("n"), m.get("stderr"),
+                      m.get("higher_is_better", True), m.get("is_primary", False)]
+                     for m in metrics],
+                )
+            if samples:
+                con.executemany(
+                    "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[key, s["item_index"], s.get("item_id"), s.get("prompt"), s.get("target"),
+                      s.get("output"), s.get("score"), s.get("logprobs"),
+                      json.dumps(s.get("extra") or {}, default=str)]
+                     for s in samples],
+                )
+
+
+def query(path: Path, sql: str, params: Sequence[Any] = (),
+          timeout: float = 30.0) -> tuple[list[str], list[tuple]]:
+    """Run one statement on a read-only connection; return column names and rows."""
+    with Store(path, lock_timeout=timeout).read() as con:
+        try:
+            cursor = con.execute(sql, list(params))
+        except duckdb.Error as exc:
+            first_line = str(exc).splitlines()[0]
+            raise UserError(f"query failed: {first_line}") from None
+        if cursor.description is None:
+            return [], []
+        columns = [d[0] for d in cursor.description]
+        return columns, cursor.fetchall()

@@ -1,0 +1,269 @@
+"""Suite files: TOML in, a validated :class:`Suite` out, or every problem at once.
+
+Each problem is one line naming the file, the table (with its index and name)
+and the field. Data paths are relative to the suite file, and so is the store.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import UserError
+from harness.plugins import PluginHost
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+#: ``lm_eval:hellaswag``-style references are passed to the component as they are.
+NAMED_REFERENCE = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:(?!/)")
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuiteSection(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    store: str | None = None
+    seed: int = 0
+    reporters: list[str] = ["console"]
+
+
+class ModelEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(min_length=1)
+    trust_remote_code: bool = False
+
+
+class TunerEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    method: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _not_base(cls, value: str) -> str:
+        if value == "base":
+            raise ValueError("'base' is reserved for the untouched model")
+        return value
+
+
+class EvaluatorEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    role: Literal["general", "target", "safety"] = "general"
+    options: dict[str, Any] = {}
+
+
+class ComponentChoice(_Table):
+    kind: str = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+
+class SuiteFile(_Table):
+    suite: SuiteSection
+    models: list[ModelEntry] = Field(min_length=1)
+    tuners: list[TunerEntry] = []
+    evaluators: list[EvaluatorEntry] = Field(min_length=1)
+    backend: ComponentChoice = ComponentChoice(kind="hf")
+    executor: ComponentChoice = ComponentChoice(kind="local")
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """A suite entry with its data path resolved and its options validated."""
+
+    name: str
+    kind: str  # the registered component name (tuner method, evaluator kind, ...)
+    options: Any  # the component's validated Options instance
+    raw_options: dict[str, Any]
+    data: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    name: str
+    seed: int
+    store_path: Path
+    models: list[ModelEntry]
+    tuners: list[ResolvedComponent]
+    evaluators: list[ResolvedComponent]
+    backend: ResolvedComponent
+    executor: ResolvedComponent
+    reporters: list[ResolvedComponent]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+_TABLE_LABEL = {
+    "suite": "[suite]",
+    "models": "[[models]]",
+    "tuners": "[[tuners]]",
+    "evaluators": "[[evaluators]]",
+    "backend": "[backend]",
+    "executor": "[executor]",
+}
+
+
+def _where(raw: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str, str]:
+    """Split a pydantic location into a table label and a dotted field name."""
+    if not loc:
+        return "(top level)", ""
+    table = str(loc[0])
+    label = _TABLE_LABEL.get(table, f"[{table}]")
+    rest = list(loc[1:])
+    if rest and isinstance(rest[0], int):
+        index = rest.pop(0)
+        entry = raw.get(table, [])
+        name = entry[index].get("name") if index < len(entry) and isinstance(entry[index], dict) else None
+        label += f" #{index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+    return label, ".".join(str(part) for part in rest)
+
+
+def _line(path: Path, label: str, field: str, message: str) -> str:
+    where = f"{path}: {label}"
+    if field:
+        where += f" field {field!r}"
+    return f"{where}: {message}"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such suite file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def load_suite(path: str | Path, host: PluginHost) -> Suite:
+    """Parse and validate a suite file; raise :class:`UserError` listing every problem."""
+    path = Path(path).resolve()
+    raw = read_toml(path)
+    try:
+        parsed = SuiteFile.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            label, field = _where(raw, tuple(error["loc"]))
+            lines.append(_line(path, label, field, error["msg"]))
+        raise UserError(*lines) from None
+    return _resolve(path, parsed, host)
+
+
+def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
+    problems: list[str] = []
+    base_dir = path.parent
+
+    def problem(label: str, field: str, message: str) -> None:
+        problems.append(_line(path, label, field, message))
+
+    for table in ("models", "tuners", "evaluators"):
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(getattr(parsed, table)):
+            if entry.name in seen:
+                problem(
+                    f"{_TABLE_LABEL[table]} #{index + 1} ({entry.name!r})",
+                    "name",
+                    f"duplicate name, first used by entry #{seen[entry.name] + 1}",
+                )
+            seen.setdefault(entry.name, index)
+
+    def component(kind: str, name: str, label: str, field: str) -> Any | None:
+        try:
+            return host.component(kind, name).component
+        except UserError as exc:
+            problem(label, field, str(exc))
+            return None
+
+    def options(cls: Any, values: dict[str, Any], label: str) -> Any:
+        options_model = getattr(cls, "Options", None)
+        if options_model is None:
+            if values:
+                problem(label, "options", "this component takes no options")
+            return None
+        try:
+            return options_model.model_validate(values)
+        except ValidationError as exc:
+            for error in exc.errors():
+                field = ".".join(["options", *(str(p) for p in error["loc"])])
+                problem(label, field, error["msg"])
+            return None
+
+    def data_path(value: str, label: str) -> str:
+        if NAMED_REFERENCE.match(value):
+            return value
+        resolved = (base_dir / value).resolve()
+        if not resolved.exists():
+            problem(label, "data", f"no such file or folder: {value}")
+        elif resolved.is_file() and resolved.stat().st_size == 0:
+            problem(label, "data", f"data file is empty: {value}")
+        return str(resolved)
+
+    tuners = []
+    for index, entry in enumerate(parsed.tuners):
+        label = f"[[tuners]] #{index + 1} ({entry.name!r})"
+        cls = component("tuner", entry.method, label, "method")
+        data = data_path(entry.data, label)
+        opts = options(cls, entry.options, label) if cls is not None else None
+        tuners.append(ResolvedComponent(entry.name, entry.method, opts, entry.options, data))
+
+    evaluators = []
+    for index, entry in enumerate(parsed.evaluators):
+        label = f"[[evaluators]] #{index + 1} ({entry.name!r})"
+        cls = component("evaluator", entry.kind, label, "kind")
+        data = data_path(entry.data, label)
+        opts = options(cls, entry.options, label) if cls is not None else None
+        evaluators.append(
+            ResolvedComponent(entry.name, entry.kind, opts, entry.options, data, entry.role)
+        )
+
+    for index, entry in enumerate(parsed.models):
+        prefix = entry.source.split(":", 1)[0] if NAMED_REFERENCE.match(entry.source) else None
+        if prefix is not None:
+            component("model_source", prefix, f"[[models]] #{index + 1} ({entry.name!r})", "source")
+
+    chosen = {}
+    for kind in ("backend", "executor"):
+        choice: ComponentChoice = getattr(parsed, kind)
+        cls = component(kind, choice.kind, f"[{kind}]", "kind")
+        opts = options(cls, choice.options, f"[{kind}]") if cls is not None else None
+        chosen[kind] = ResolvedComponent(choice.kind, choice.kind, opts, choice.options)
+
+    reporters = []
+    for name in parsed.suite.reporters:
+        cls = component("reporter", name, "[suite]", "reporters")
+        opts = options(cls, {}, "[suite]") if cls is not None else None
+        reporters.append(ResolvedComponent(name, name, opts, {}))
+
+    if problems:
+        raise UserError(*problems)
+
+    store = parsed.suite.store or f"results/{parsed.suite.name}.duckdb"
+    return Suite(
+        path=path,
+        name=parsed.suite.name,
+        seed=parsed.suite.seed,
+        store_path=(base_dir / store).resolve(),
+        models=parsed.models,
+        tuners=tuners,
+        evaluators=evaluators,
+        backend=chosen["backend"],
+        executor=chosen["executor"],
+        reporters=reporters,
+    )

@@ -1,0 +1,1 @@
+"""Built-in harness plugins, installed as ``harness_plugins`` (one module per component)."""

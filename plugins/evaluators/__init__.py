@@ -1,0 +1,1 @@
+"""Evaluators: what a base or variant is scored on."""

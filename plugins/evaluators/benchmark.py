@@ -1,0 +1,218 @@
+"""Benchmarks through lm-eval, with the model already in memory.
+
+``data`` is one of:
+
+* ``lm_eval:<task>`` - any task lm-eval knows by name (its data must be loadable);
+* a folder of lm-eval task YAML files, with ``options.task`` naming the task;
+* a JSONL file in the harness's own offline format, turned into an lm-eval
+  task config: ``{"question", "choices", "answer": <index>}`` rows make a
+  multiple-choice task (``acc``, ``acc_norm``); ``{"question", "answer": "<text>"}``
+  rows make a generation task scored by exact match.
+
+lm-eval does the prompting, scoring and aggregation; the harness stores its
+metrics as returned and its per-item results as samples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+import harness
+from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
+from harness.data import DataRow, read_jsonl
+from harness.errors import DataError, UserError
+
+LM_EVAL_PREFIX = "lm_eval:"
+PROMPT = "Question: {{question}}\nAnswer:"
+
+
+class BenchmarkOptions(Options):
+    task: str | None = Field(default=None, description="task name inside a YAML folder")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: float | None = Field(default=None, gt=0, description="items per task (or a fraction < 1)")
+    metric: str | None = Field(default=None, description="the primary metric; default: the first")
+    apply_chat_template: bool = False
+    max_gen_toks: int = Field(default=32, gt=0)
+
+
+class ItemRow(DataRow):
+    question: str = Field(min_length=1)
+    choices: list[str] | None = None
+    answer: int | str
+    id: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ItemRow:
+        if self.choices is not None:
+            if len(self.choices) < 2:
+                raise ValueError("'choices' needs at least two entries")
+            if not isinstance(self.answer, int) or not 0 <= self.answer < len(self.choices):
+                raise ValueError("'answer' must be the index of the right choice")
+        elif not isinstance(self.answer, str) or not self.answer.strip():
+            raise ValueError("without 'choices', 'answer' must be the expected text")
+        return self
+
+
+def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> dict[str, Any]:
+    """An lm-eval task config (as its YAML would say) for a file in our offline format."""
+    rows = read_jsonl(path, ItemRow)
+    kinds = {row.choices is not None for _, row in rows}
+    if len(kinds) > 1:
+        line = next(n for n, row in rows if (row.choices is not None) != (rows[0][1].choices is not None))
+        raise DataError(path, line, "mixes multiple-choice and generation rows", field="choices")
+    config: dict[str, Any] = {
+        "task": f"harness_{name}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        # few-shot examples come from the same file; lm-eval leaves out the item itself
+        "fewshot_split": "test",
+        "doc_to_text": PROMPT,
+        "metadata": {"version": 1.0},
+    }
+    if kinds == {True}:
+        config.update(
+            output_type="multiple_choice",
+            doc_to_choice="choices",
+            doc_to_target="answer",
+            metric_list=[
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            ],
+        )
+    else:
+        config.update(
+            output_type="generate_until",
+            doc_to_target="answer",
+            target_delimiter=" ",
+            generation_kwargs={"until": ["\n"], "max_gen_toks": options.max_gen_toks,
+                               "do_sample": False},
+            filter_list=[{"name": "strip", "filter": [{"function": "remove_whitespace"},
+                                                       {"function": "take_first"}]}],
+            metric_list=[{"metric": "exact_match", "aggregation": "mean",
+                          "higher_is_better": True, "ignore_case": True,
+                          "ignore_punctuation": True}],
+        )
+    return config
+
+
+class BenchmarkEvaluator:
+    Options = BenchmarkOptions
+
+    def __init__(self, spec: EvaluatorSpec, options: BenchmarkOptions) -> None:
+        self.spec, self.options = spec, options
+
+    def _task(self) -> tuple[Any, Any]:
+        """(what to pass as ``tasks``, a TaskManager or None)."""
+        from lm_eval.tasks import TaskManager
+
+        data = self.spec.data
+        if data.startswith(LM_EVAL_PREFIX):
+            return data[len(LM_EVAL_PREFIX):], TaskManager()
+        path = Path(data)
+        if path.is_dir():
+            if not self.options.task:
+                raise UserError(f"evaluator {self.spec.name!r}: a task folder needs options.task")
+            return self.options.task, TaskManager(include_path=str(path))
+        return task_config_for_jsonl(self.spec.name, path, self.options), None
+
+    def evaluate(self, backend: Backend) -> EvalResult:
+        from lm_eval import simple_evaluate
+
+        task, manager = self._task()
+        task_label = task if isinstance(task, str) else task["task"]
+        try:
+            output = simple_evaluate(
+                model=backend.lm_eval_model(),
+                tasks=[task],
+                task_manager=manager,
+                num_fewshot=self.options.num_fewshot,
+                limit=self.options.limit,
+                log_samples=True,
+                apply_chat_template=self.options.apply_chat_template,
+                random_seed=self.spec.seed,
+                numpy_random_seed=self.spec.seed,
+                torch_random_seed=self.spec.seed,
+                fewshot_random_seed=self.spec.seed,
+                verbosity="ERROR",
+            )
+        except Exception as exc:
+            raise RuntimeError(f"lm-eval task {task_label!r} could not run: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        return self._collect(output)
+
+    def _collect(self, output: dict[str, Any]) -> EvalResult:
+        results = output["results"]
+        metrics: list[Metric] = []
+        for task_name, values in results.items():
+            # a group of tasks keeps each subtask's metrics under its own prefix
+            prefix = "" if len(results) == 1 else f"{task_name}/"
+            higher = output.get("higher_is_better", {}).get(task_name, {})
+            n = output.get("n-samples", {}).get(task_name, {}).get("effective")
+            for key, value in values.items():
+                # metric keys read "<metric>,<filter>"; others (alias, sample_len) are not scores
+                if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                    continue
+                metric, _, filter_name = key.partition(",")
+                stderr = values.get(f"{metric}_stderr,{filter_name}")
+                name = metric if filter_name in ("none", "") else f"{metric},{filter_name}"
+                metrics.append(Metric(
+                    prefix + name, float(value), n,
+                    float(stderr) if isinstance(stderr, (int, float)) and not math.isnan(stderr) else None,
+                    higher_is_better=bool(higher.get(metric, True)),
+                ))
+        if not metrics:
+            raise RuntimeError("lm-eval returned no metrics")
+        primary = metrics[0]
+        if self.options.metric:
+            matches = [m for m in metrics
+                       if m.name.split(",")[0].split("/")[-1] == self.options.metric]
+            if not matches:
+                raise UserError(f"evaluator {self.spec.name!r}: metric {self.options.metric!r} "
+                                f"not among {', '.join(m.name for m in metrics)}")
+            primary = matches[0]
+        primary.primary = True
+        return EvalResult(metrics, self._samples(output))
+
+    @staticmethod
+    def _samples(output: dict[str, Any]) -> list[Sample]:
+        samples: list[Sample] = []
+        for task_name, items in output.get("samples", {}).items():
+            metric_names = [k.split(",")[0] for k in output["results"].get(task_name, {})]
+            for item in items:
+                doc = item.get("doc", {})
+                arguments = item.get("arguments") or [[None]]
+                first = arguments[0]
+                prompt = first[0] if isinstance(first, (list, tuple)) else first
+                responses = item.get("filtered_resps") or []
+                logprobs = None
+                if responses and isinstance(responses[0], (list, tuple)):
+                    # multiple choice: one (log-likelihood, is-greedy) per choice
+                    logprobs = [float(r[0]) for r in responses]
+                    choices = doc.get("choices") or []
+                    best = max(range(len(logprobs)), key=logprobs.__getitem__)
+                    output_text = choices[best] if best < len(choices) else str(best)
+                else:
+                    output_text = str(responses[0]) if responses else None
+                scores = {k: v for k, v in item.items()
+                          if k in metric_names and isinstance(v, (int, float))}
+                samples.append(Sample(
+                    index=len(samples),
+                    item_id=str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(item.get("doc_id")),
+                    prompt=prompt,
+                    target=str(item.get("target")),
+                    output=output_text,
+                    score=float(next(iter(scores.values()))) if scores else None,
+                    logprobs=logprobs,
+                    extra={"task": task_name, "doc_id": item.get("doc_id"), **scores},
+                ))
+        return samples
+
+
+@harness.hookimpl
+def harness_register_evaluators(register):
+    register("benchmark", BenchmarkEvaluator)

@@ -1,0 +1,1 @@
+"""Executors: where units of work run."""

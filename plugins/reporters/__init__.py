@@ -1,0 +1,1 @@
+"""Reporters run at the end of a suite."""

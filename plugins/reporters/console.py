@@ -1,0 +1,59 @@
+"""Prints the leaderboard and the forgetting table at the end of a run."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+import harness
+from harness.components import Options, ReportContext
+from harness.store import query
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_table(title: str, columns: list[str], rows: list[tuple]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    return table
+
+
+class ConsoleReporter:
+    Options = Options
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options
+
+    def report(self, context: ReportContext) -> None:
+        if not context.store_path.exists():
+            return
+        columns, rows = query(
+            context.store_path,
+            "SELECT model, variant, method, evaluator, role, metric, value, stderr, n "
+            "FROM leaderboard WHERE suite = ?",
+            [context.suite_name],
+        )
+        context.console.print(render_table("Leaderboard", columns, rows))
+        columns, rows = query(
+            context.store_path,
+            "SELECT model, variant, evaluator, metric, base_value, variant_value, delta, "
+            "forgetting FROM forgetting WHERE suite = ?",
+            [context.suite_name],
+        )
+        if rows:
+            context.console.print(render_table(
+                "Forgetting (general abilities; forgetting > 0 = worse than base)", columns, rows
+            ))
+
+
+@harness.hookimpl
+def harness_register_reporters(register):
+    register("console", ConsoleReporter)

@@ -1,0 +1,1 @@
+"""Model sources: where base models come from."""
