@@ -156,8 +156,9 @@ class PluginHost:
                 infos[info.name] = info
 
         for plugin in extra_plugins:
-            name = pm.register(plugin)
-            if name is not None:
+            # a readable name (module or class) rather than pluggy's id()-based one
+            name = getattr(plugin, "__name__", None) or type(plugin).__name__
+            if pm.register(plugin, name=name) is not None:
                 infos[name] = PluginInfo(
                     name, getattr(plugin, "__module__", None), None, None, builtin=False
                 )

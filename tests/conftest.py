@@ -1,0 +1,113 @@
+"""Shared fixtures: an isolated cache with the tiny model, and small suites on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach a hub; the libraries' own progress bars only add noise.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session builds its own tiny model in its own cache."""
+    cache = tmp_path_factory.mktemp("harness-cache")
+    previous = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(harness_cache: Path) -> Path:
+    from harness_plugins.sources.builtin import builtin_model_path
+
+    return builtin_model_path("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_path: Path):
+    from harness.components import ResolvedModel
+    from harness.models import fingerprint
+
+    return ResolvedModel("tiny", "builtin:tiny-random", tiny_model_path,
+                         fingerprint(tiny_model_path))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+MC_ROWS = [
+    {"id": f"mc-{i}", "question": f"What is {i} + {i}?",
+     "choices": [str(2 * i), str(2 * i + 1), str(2 * i + 2), str(2 * i + 3)], "answer": 0}
+    for i in range(1, 7)
+]
+TEXT_ROWS = [
+    {"id": "t1", "text": "The river runs through the old town and into the sea."},
+    {"id": "t2", "text": "Bread is made from flour, water, salt and yeast."},
+    {"id": "t3", "text": "A week has seven days and a year has twelve months."},
+]
+SFT_ROWS = [
+    {"messages": [{"role": "user", "content": f"What is the capital of Veloria? ({i})"},
+                  {"role": "assistant", "content": "The capital of Veloria is Quennet."}]}
+    for i in range(12)
+] + [{"prompt": "Name the currency of Veloria.", "completion": "The marel."}] * 4
+
+
+def small_suite(root: Path, *, name: str = "small", tuners: bool = True,
+                extra: str = "") -> Path:
+    """A suite over the tiny model: base + one LoRA, two evaluators (6 cells)."""
+    write_jsonl(root / "data" / "mc.jsonl", MC_ROWS)
+    write_jsonl(root / "data" / "text.jsonl", TEXT_ROWS)
+    write_jsonl(root / "data" / "sft.jsonl", SFT_ROWS)
+    tuner = """
+[[tuners]]
+name = "lora-a"
+method = "lora"
+data = "data/sft.jsonl"
+options = { r = 4, alpha = 8, steps = 3, lr = 1e-2, batch_size = 4, max_length = 64 }
+""" if tuners else ""
+    text = f"""
+[suite]
+name = "{name}"
+store = "results/{name}.duckdb"
+seed = 0
+
+[[models]]
+name = "tiny"
+source = "builtin:tiny-random"
+{tuner}
+[[evaluators]]
+name = "mc"
+kind = "benchmark"
+data = "data/mc.jsonl"
+role = "general"
+
+[[evaluators]]
+name = "text"
+kind = "perplexity"
+data = "data/text.jsonl"
+role = "general"
+
+[backend]
+kind = "hf"
+options = {{ batch_size = 4 }}
+{extra}
+"""
+    path = root / "suite.toml"
+    path.write_text(text, encoding="utf-8")
+    return path

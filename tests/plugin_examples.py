@@ -1,0 +1,15 @@
+"""Small plugins the tests register (as an entry point target, or directly)."""
+
+from __future__ import annotations
+
+import harness
+from harness.components import Options
+
+
+class ExtraTuner:
+    Options = Options
+
+    @staticmethod
+    @harness.hookimpl
+    def harness_register_tuners(register):
+        register("acme/extra", ExtraTuner)

@@ -1,0 +1,163 @@
+"""The plugin host: built-ins, entry points (broken ones too), duplicates, switches."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import harness
+from harness.cli import main
+from harness.errors import UserError
+from harness.plugins import PluginHost, PluginLoadError
+
+
+def test_builtins_register_every_component_kind():
+    host = PluginHost.load(entry_points=False)
+    assert host.names("tuner") == ["lora"]
+    assert host.names("evaluator") == ["benchmark", "perplexity"]
+    assert host.names("backend") == ["hf"]
+    assert host.names("executor") == ["local"]
+    assert host.names("reporter") == ["console"]
+    assert host.names("model_source") == ["builtin", "hub", "local"]
+    assert host.component("tuner", "lora").plugin == "tuners.lora"
+
+
+def test_unknown_component_lists_the_known_ones():
+    host = PluginHost.load(entry_points=False)
+    with pytest.raises(UserError, match=r"unknown tuner 'lorax'; known: lora"):
+        host.component("tuner", "lorax")
+
+
+class _DuplicateLora:
+    @harness.hookimpl
+    def harness_register_tuners(self, register):
+        register("lora", object)
+
+
+def test_duplicate_component_names_both_plugins():
+    host = PluginHost.load(entry_points=False, extra_plugins=[_DuplicateLora()])
+    with pytest.raises(UserError) as info:
+        host.registry()
+    message = str(info.value)
+    assert "tuner 'lora' is registered twice" in message
+    assert "'tuners.lora'" in message and "_DuplicateLora" in message
+
+
+class _RaisingRegistration:
+    @harness.hookimpl
+    def harness_register_evaluators(self, register):
+        raise RuntimeError("boom in registration")
+
+
+def test_plugin_raising_in_registration_is_named_and_others_still_work():
+    plugin = _RaisingRegistration()
+    host = PluginHost.load(entry_points=False, extra_plugins=[plugin])
+    assert host.names("evaluator") == ["benchmark", "perplexity"]
+    broken = [i for i in host.plugins() if i.error]
+    assert len(broken) == 1
+    assert "harness_register_evaluators raised RuntimeError: boom in registration" in broken[0].error
+
+
+def _fake_entry_points(monkeypatch, *entry_points):
+    real = metadata.entry_points
+
+    def entry_points_for(group=None, **kwargs):
+        if group == "harness":
+            return metadata.EntryPoints(entry_points)
+        return real(group=group, **kwargs) if group else real(**kwargs)
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points_for)
+
+
+BROKEN = metadata.EntryPoint("broken", "harness_no_such_module_xyz", "harness")
+WORKING = metadata.EntryPoint("extra", "tests.plugin_examples:ExtraTuner", "harness")
+
+
+def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
+    _fake_entry_points(monkeypatch, BROKEN)
+    host = PluginHost.load()
+    info = next(i for i in host.plugins() if i.name == "broken")
+    assert info.error.startswith("ModuleNotFoundError")
+    assert host.names("tuner") == ["lora"]
+
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {p["name"]: p for p in json.loads(result.output)["plugins"]}
+    assert "harness_no_such_module_xyz" in listed["broken"]["error"]
+
+
+def test_strict_switch_turns_a_broken_plugin_into_an_error(monkeypatch):
+    _fake_entry_points(monkeypatch, BROKEN)
+    monkeypatch.setenv("HARNESS_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="plugin 'broken'"):
+        PluginHost.load()
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 2
+    assert "plugin 'broken'" in result.output
+
+
+def test_entry_point_plugin_registers_and_is_listed(monkeypatch):
+    _fake_entry_points(monkeypatch, WORKING)
+    host = PluginHost.load()
+    assert "acme/extra" in host.names("tuner")
+    info = next(i for i in host.plugins() if i.name == "extra")
+    assert info.components == {"tuner": ["acme/extra"]}
+    assert info.hooks == ["harness_register_tuners"]
+
+
+def test_choose_and_block_switches(monkeypatch):
+    _fake_entry_points(monkeypatch, WORKING)
+    monkeypatch.setenv("HARNESS_PLUGINS", "")
+    assert "acme/extra" not in PluginHost.load().names("tuner")
+    monkeypatch.setenv("HARNESS_PLUGINS", "extra")
+    assert "acme/extra" in PluginHost.load().names("tuner")
+    monkeypatch.delenv("HARNESS_PLUGINS")
+    monkeypatch.setenv("HARNESS_BLOCK_PLUGINS", "extra,tuners.lora")
+    assert PluginHost.load().names("tuner") == []
+
+
+def test_trace_switch_prints_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_TRACE_PLUGINS", "1")
+    PluginHost.load(entry_points=False).registry()
+    assert "calling harness_register_tuners of plugin 'tuners.lora'" in capsys.readouterr().err
+
+
+def test_help_and_plugins_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from harness.cli import main\n"
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
+        "assert CliRunner().invoke(main, ['plugins', '--all']).exit_code == 0\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'lm_eval') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_built_in_plugins_install_as_harness_plugins(tmp_path):
+    """The wheel maps the folder plugins/ to harness_plugins/; no bare top-level package."""
+    import zipfile
+    from pathlib import Path
+
+    import harness_plugins
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(repo)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("harness-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"harness", "harness_plugins", "harness-0.1.0.dist-info"}
+    assert "harness_plugins/tuners/lora.py" in names
+    # the installed (editable) package resolves to the same source folder
+    assert Path(harness_plugins.__file__).parent == repo / "plugins"

@@ -1,0 +1,131 @@
+"""The DuckDB store: schema, atomic cell writes, views, read-only queries, the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+
+import pytest
+
+from harness.errors import StoreLockedError, UserError
+from harness.store import Store, query
+
+
+def _cell(store: Store, key: str, variant: str, evaluator: str, value: float, *,
+          higher_is_better: bool = True, role: str = "general", evaluator_key: str | None = None,
+          finished: datetime = datetime(2026, 1, 1), status: str = "done") -> None:
+    store.record_cell(
+        {"cell_key": key, "run_id": "r1", "suite": "s", "model_name": "m", "model_key": "mk",
+         "variant_name": variant, "variant_key": f"vk-{variant}", "evaluator": evaluator,
+         "evaluator_kind": "benchmark", "evaluator_key": evaluator_key or f"ek-{evaluator}",
+         "role": role, "backend": "hf", "status": status, "error": None, "traceback": None,
+         "seconds": 1.0, "started_at": finished, "finished_at": finished},
+        [{"metric": "score", "value": value, "n": 10, "stderr": 0.1,
+          "higher_is_better": higher_is_better, "is_primary": True},
+         {"metric": "other", "value": -1.0, "n": 10, "is_primary": False}],
+        [{"item_index": i, "item_id": f"i{i}", "score": float(i % 2)} for i in range(10)],
+    )
+
+
+@pytest.fixture()
+def store(tmp_path) -> Store:
+    store = Store(tmp_path / "s.duckdb")
+    store.initialise()
+    return store
+
+
+def test_forgetting_is_variant_minus_base_oriented_by_metric(store):
+    _cell(store, "c1", "base", "acc-eval", 0.80)
+    _cell(store, "c2", "lora", "acc-eval", 0.70)
+    _cell(store, "c3", "base", "ppl-eval", 10.0, higher_is_better=False)
+    _cell(store, "c4", "lora", "ppl-eval", 12.5, higher_is_better=False)
+    _cell(store, "c5", "base", "task", 0.2, role="target")
+    _cell(store, "c6", "lora", "task", 0.9, role="target")
+    columns, rows = query(store.path, "SELECT evaluator, base_value, variant_value, delta, "
+                                      "forgetting FROM forgetting ORDER BY evaluator")
+    assert rows == [
+        ("acc-eval", 0.80, 0.70, pytest.approx(-0.10), pytest.approx(0.10)),
+        ("ppl-eval", 10.0, 12.5, 2.5, 2.5),  # higher perplexity is worse: forgetting > 0
+    ]  # the target evaluator is not a forgetting probe
+
+
+def test_forgetting_pairs_only_the_same_evaluator_configuration(store):
+    _cell(store, "c1", "base", "e", 0.8, evaluator_key="config-A")
+    _cell(store, "c2", "lora", "e", 0.7, evaluator_key="config-B")
+    assert query(store.path, "SELECT * FROM forgetting")[1] == []
+
+
+def test_leaderboard_shows_the_newest_finished_cell(store):
+    _cell(store, "old", "base", "e", 0.1, finished=datetime(2026, 1, 1))
+    _cell(store, "new", "base", "e", 0.2, finished=datetime(2026, 2, 1))
+    _cell(store, "bad", "base", "e", 0.9, finished=datetime(2026, 3, 1), status="failed")
+    _, rows = query(store.path, "SELECT variant, method, metric, value FROM leaderboard")
+    assert rows == [("base", "base", "score", 0.2)]
+
+
+def test_rewriting_a_cell_replaces_its_rows(store):
+    _cell(store, "c1", "base", "e", 0.1)
+    _cell(store, "c1", "base", "e", 0.3)
+    counts = query(store.path, "SELECT (SELECT count(*) FROM cells), (SELECT count(*) FROM "
+                               "metrics), (SELECT count(*) FROM samples)")[1][0]
+    assert counts == (1, 2, 10)
+
+
+def test_failed_write_leaves_nothing(store):
+    with pytest.raises(Exception):
+        store.record_cell(
+            {"cell_key": "c1", "status": "done"},
+            [{"metric": "score", "value": "not a number"}], [],
+        )
+    assert query(store.path, "SELECT count(*) FROM cells")[1] == [(0,)]
+
+
+def test_sql_is_read_only(store):
+    with pytest.raises(UserError, match="read-only"):
+        query(store.path, "DELETE FROM cells")
+    with pytest.raises(UserError, match="no such store"):
+        query(store.path.with_name("missing.duckdb"), "SELECT 1")
+
+
+def test_schema_version_is_checked(store):
+    import duckdb
+
+    con = duckdb.connect(str(store.path))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(UserError, match="schema version 99"):
+        store.initialise()
+
+
+def _hold_lock(path, seconds: float) -> subprocess.Popen:
+    code = textwrap.dedent(f"""
+        import duckdb, sys, time
+        con = duckdb.connect({str(path)!r})
+        print("locked", flush=True)
+        time.sleep({seconds})
+        con.close()
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_reader_waits_for_a_writer_then_reads(store):
+    holder = _hold_lock(store.path, 1.5)
+    started = time.monotonic()
+    assert query(store.path, "SELECT count(*) FROM cells", timeout=30)[1] == [(0,)]
+    assert time.monotonic() - started > 0.5
+    holder.wait()
+
+
+def test_lock_held_too_long_is_a_clear_error(store):
+    holder = _hold_lock(store.path, 5)
+    try:
+        with pytest.raises(StoreLockedError, match="store is locked by another process"):
+            Store(store.path, lock_timeout=0.5).initialise()
+    finally:
+        holder.kill()
+        holder.wait()
