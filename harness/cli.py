@@ -41,6 +41,8 @@ def main() -> None:
               help="Show progress bars (default: when writing to a terminal).")
 def run(suite: Path, progress: bool | None) -> None:
     """Run SUITE: tune, evaluate and store every cell not already in the store."""
+    # tqdm reads this when first imported: the libraries' own bars would fight with ours
+    os.environ.setdefault("TQDM_DISABLE", "1")
     from rich.console import Console
 
     from harness.runner import run_suite
@@ -78,11 +80,12 @@ def plugins(show_all: bool, as_json: bool) -> None:
     infos = [i for i in host.plugins() if show_all or not i.builtin]
     components = {
         kind: {name: reg.plugin for name, reg in sorted(regs.items())}
-        for kind, regs in host.registry().items()
+        for kind, regs in host.registry(check=False).items()
     }
     if as_json:
         click.echo(json.dumps({"plugins": [i.as_dict() for i in infos],
                                "components": components}, indent=2))
+        host.registry()
         return
     from rich.console import Console
     from rich.table import Table
@@ -106,6 +109,7 @@ def plugins(show_all: bool, as_json: bool) -> None:
     for kind, names in components.items():
         summary.add_row(kind, ", ".join(names))
     console.print(summary)
+    host.registry()  # after listing: a duplicate name still makes the exit status 2
 
 
 def _default_store() -> Path:

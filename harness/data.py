@@ -49,7 +49,8 @@ def read_jsonl(path: str | Path, schema: type[Row]) -> list[tuple[int, Row]]:
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"]) or None
-            raise DataError(path, number, error["msg"], field=field) from None
+            message = error["msg"].removeprefix("Value error, ")
+            raise DataError(path, number, message, field=field) from None
     if not rows:
         raise DataError(path, None, "no rows")
     return rows

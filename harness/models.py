@@ -59,7 +59,7 @@ def fingerprint(folder: Path) -> str:
                 digest.update(chunk)
     result = digest.hexdigest()
     memo[key] = {"stamp": stamp, "digest": result}
-    tmp = memo_path.with_suffix(".tmp")
+    tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a temp file
     tmp.write_text(json.dumps(memo))
     tmp.replace(memo_path)
     return result

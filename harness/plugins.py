@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 
 COMPONENT_KINDS = tuple(hookspecs.REGISTRATION_HOOKS)
+
+#: a component name: ``lora``, ``my-eval``, or namespaced ``package/name``
+COMPONENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 
 def builtin_name(module_name: str) -> str:
@@ -125,6 +129,7 @@ class PluginHost:
         self.pm = pm
         self._infos = infos
         self._registry: dict[str, dict[str, Registration]] | None = None
+        self._registration_problems: list[str] = []
 
     # -- construction ---------------------------------------------------------
 
@@ -176,14 +181,21 @@ class PluginHost:
 
     # -- components -------------------------------------------------------------
 
-    def registry(self) -> dict[str, dict[str, Registration]]:
-        """Every registered component, by kind and name (collected once)."""
+    def registry(self, *, check: bool = True) -> dict[str, dict[str, Registration]]:
+        """Every registered component, by kind and name (collected once).
+
+        With ``check`` (the default), raises :class:`UserError` naming the plugins
+        if a name was registered twice or is not a valid component name.
+        """
         if self._registry is None:
             self._registry = self._collect_registrations()
+        if check and self._registration_problems:
+            raise UserError(*self._registration_problems)
         return self._registry
 
     def _collect_registrations(self) -> dict[str, dict[str, Registration]]:
         registry: dict[str, dict[str, Registration]] = {kind: {} for kind in COMPONENT_KINDS}
+        problems: list[str] = []
         trace = _env_flag("HARNESS_TRACE_PLUGINS")
         for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
             hook = getattr(self.pm.hook, hook_name)
@@ -194,16 +206,20 @@ class PluginHost:
                 plugin = impl.plugin_name
 
                 def register(name: str, component: Any, *, _kind=kind, _plugin=plugin) -> None:
-                    if not isinstance(name, str) or not name:
-                        raise UserError(
-                            f"plugin {_plugin!r} registered a {_kind} with an invalid name {name!r}"
+                    if not isinstance(name, str) or not COMPONENT_NAME.match(name):
+                        problems.append(
+                            f"plugin {_plugin!r} registered a {_kind} with an invalid name "
+                            f"{name!r} (letters, digits, '.', '_', '-', one '/' for a namespace)"
                         )
+                        return
                     previous = registry[_kind].get(name)
                     if previous is not None:
-                        raise UserError(
+                        problems.append(
                             f"{_kind} {name!r} is registered twice: by plugin "
                             f"{previous.plugin!r} and by plugin {_plugin!r}"
                         )
+                        self._note_error(_plugin, problems[-1])
+                        return
                     registry[_kind][name] = Registration(_kind, name, component, _plugin)
                     info = self._infos.get(_plugin)
                     if info is not None:
@@ -213,16 +229,15 @@ class PluginHost:
                     sys.stderr.write(f"harness: calling {hook_name} of plugin {plugin!r}\n")
                 try:
                     impl.function(register=register)
-                except UserError:
-                    raise
                 except Exception as exc:  # a misbehaving plugin must not take the CLI down
-                    info = self._infos.get(plugin)
-                    message = f"{hook_name} raised {type(exc).__name__}: {exc}"
-                    if info is not None:
-                        info.error = message
-                    else:
-                        raise
+                    self._note_error(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}")
+        self._registration_problems = problems
         return registry
+
+    def _note_error(self, plugin: str, message: str) -> None:
+        info = self._infos.get(plugin)
+        if info is not None and not info.error:
+            info.error = message
 
     def component(self, kind: str, name: str) -> Registration:
         """The component ``name`` of ``kind``, or a :class:`UserError` listing the known ones."""
@@ -241,10 +256,7 @@ class PluginHost:
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin, with the hooks it implements and what it registered."""
-        try:
-            self.registry()
-        except UserError:
-            pass
+        self.registry(check=False)
         for name, info in self._infos.items():
             plugin = self.pm.get_plugin(name)
             if plugin is not None:
@@ -284,6 +296,11 @@ def _load_entry_points(
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            unknown = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                             if caller.spec is None)
+            if unknown:
+                pm.unregister(plugin)
+                raise PluginLoadError(f"implements unknown hook(s): {', '.join(unknown)}")
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
             if strict:

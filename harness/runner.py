@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import traceback
@@ -116,9 +115,11 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
     """Expand models x (base + tuners) x evaluators into keyed cells."""
     artifacts = suite.store_path.parent / f"{suite.store_path.stem}.variants"
     backend_payload = {"kind": suite.backend.kind, "options": _options_payload(suite.backend)}
+    # Keys cover everything the suite says about a cell, names and roles included,
+    # so that stored rows never carry a stale name or role.
     evaluator_keys = {
         e.name: _digest({
-            "name": e.name, "kind": e.kind, "options": _options_payload(e),
+            "name": e.name, "kind": e.kind, "role": e.role, "options": _options_payload(e),
             "data": data_hash(e.data), "seed": suite.seed,
         })
         for e in suite.evaluators
@@ -127,10 +128,12 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
     variants: list[VariantPlan] = []
     cells: list[CellPlan] = []
     for model in models:
-        model_variants = [VariantPlan("base", _digest({"model": model.fingerprint}), model, None)]
+        base_key = _digest({"model": model.fingerprint, "model_name": model.name})
+        model_variants = [VariantPlan("base", base_key, model, None)]
         for tuner in suite.tuners:
             key = _digest({
-                "model": model.fingerprint, "name": tuner.name, "method": tuner.kind,
+                "model": model.fingerprint, "model_name": model.name,
+                "name": tuner.name, "method": tuner.kind,
                 "options": _options_payload(tuner), "data": tuner_data[tuner.name],
                 "seed": suite.seed, "harness": __version__,
             })
@@ -144,7 +147,8 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
         for variant in model_variants:
             for evaluator in suite.evaluators:
                 key = _digest({
-                    "variant": variant.key, "evaluator": evaluator_keys[evaluator.name],
+                    "suite": suite.name, "variant": variant.key,
+                    "evaluator": evaluator_keys[evaluator.name],
                     "backend": backend_payload, "harness": __version__,
                 })
                 cells.append(CellPlan(
@@ -246,7 +250,6 @@ def _seed_everything(seed: int) -> None:
 
 def _quiet_libraries() -> None:
     """The libraries' own progress bars would fight with the run's; keep ours."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars use tqdm directly
     import datasets
     import transformers
 
@@ -274,7 +277,11 @@ def _tune(variant: VariantPlan, seed: int, emit: Callable[[Any], None]) -> Varia
         output_dir=staging, seed=seed,
         on_step=lambda step, total, loss: emit(TuningStep(variant, step, total, loss)),
     )
-    result = tuner.tune(job)
+    try:
+        result = tuner.tune(job)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     # Only a complete adapter or weights folder gets the final name.
     shutil.rmtree(final_dir, ignore_errors=True)
     staging.rename(final_dir)
@@ -306,10 +313,14 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
                            finished_at=_utcnow())
 
 
-def _fail(cell: CellPlan, error: str, tb: str | None) -> CellFinished:
-    now = _utcnow()
-    return CellFinished(cell, CellOutcome("failed", error=error, traceback=tb,
-                                          started_at=now, finished_at=now))
+def _fail_cells(cells: list[CellPlan], error: str, tb: str | None,
+                emit: Callable[[Any], None]) -> None:
+    """Cells that cannot run (their tuning or model failed) still start and finish."""
+    for cell in cells:
+        now = _utcnow()
+        emit(CellStarted(cell))
+        emit(CellFinished(cell, CellOutcome("failed", error=error, traceback=tb,
+                                            started_at=now, finished_at=now)))
 
 
 def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
@@ -327,8 +338,7 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                     error = f"tuning {variant.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     emit(TuningFinished(variant, None, error, tb))
-                    for cell in cells:
-                        emit(_fail(cell, error, tb))
+                    _fail_cells(cells, error, tb, emit)
                     continue
             if backend is None:
                 try:
@@ -338,18 +348,14 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                     error = f"loading {unit.model.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     later = {v.key for v in unit.variants[index:]}
-                    for cell in unit.cells:
-                        if cell.variant.key in later:
-                            emit(_fail(cell, error, tb))
+                    _fail_cells([c for c in unit.cells if c.variant.key in later], error, tb, emit)
                     backend = None
                     return
             try:
                 backend.activate(ready)
             except Exception as exc:
                 error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
-                tb = traceback.format_exc()
-                for cell in cells:
-                    emit(_fail(cell, error, tb))
+                _fail_cells(cells, error, traceback.format_exc(), emit)
                 continue
             for cell in cells:
                 emit(CellStarted(cell))
@@ -502,6 +508,9 @@ def run_suite(
             try:
                 executor.run(units, run_unit, recorder)
                 status = "done" if recorder.failed == 0 else "done_with_failures"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
             finally:
                 summary.done, summary.failed = recorder.done, recorder.failed
                 summary.seconds = time.perf_counter() - clock

@@ -19,7 +19,7 @@ from harness.plugins import PluginHost
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 #: ``lm_eval:hellaswag``-style references are passed to the component as they are.
-NAMED_REFERENCE = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:(?!/)")
+NAMED_REFERENCE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?:(?!/)")
 
 
 class _Table(BaseModel):
@@ -167,6 +167,7 @@ def load_suite(path: str | Path, host: PluginHost) -> Suite:
 
 
 def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
+    host.registry()  # a plugin registering a name twice is one error, before any field
     problems: list[str] = []
     base_dir = path.parent
 

@@ -13,3 +13,12 @@ class ExtraTuner:
     @harness.hookimpl
     def harness_register_tuners(register):
         register("acme/extra", ExtraTuner)
+
+
+class MisspelledHook:
+    """Implements a hook that does not exist (a typo of harness_register_tuners)."""
+
+    @staticmethod
+    @harness.hookimpl
+    def harness_register_tunres(register):
+        register("never", MisspelledHook)

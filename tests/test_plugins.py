@@ -110,6 +110,27 @@ def test_entry_point_plugin_registers_and_is_listed(monkeypatch):
     assert info.hooks == ["harness_register_tuners"]
 
 
+def test_plugin_with_an_unknown_hook_is_reported(monkeypatch):
+    _fake_entry_points(monkeypatch, metadata.EntryPoint(
+        "typo", "tests.plugin_examples:MisspelledHook", "harness"))
+    info = next(i for i in PluginHost.load().plugins() if i.name == "typo")
+    assert info.error == "PluginLoadError: implements unknown hook(s): harness_register_tunres"
+
+
+def test_plugins_command_lists_despite_a_duplicate_and_exits_2(monkeypatch):
+    monkeypatch.setattr(PluginHost, "load", classmethod(
+        lambda cls, **kw: _real_load(entry_points=False, extra_plugins=[_DuplicateLora()])))
+    result = CliRunner().invoke(main, ["plugins", "--all", "--json"])
+    assert result.exit_code == 2
+    listed = json.loads(result.output[: result.output.rindex("}") + 1])
+    duplicate = next(p for p in listed["plugins"] if p["name"] == "_DuplicateLora")
+    assert duplicate["error"] == ("tuner 'lora' is registered twice: by plugin 'tuners.lora' "
+                                  "and by plugin '_DuplicateLora'")
+
+
+_real_load = PluginHost.load
+
+
 def test_choose_and_block_switches(monkeypatch):
     _fake_entry_points(monkeypatch, WORKING)
     monkeypatch.setenv("HARNESS_PLUGINS", "")

@@ -229,3 +229,22 @@ def test_failing_cell_is_recorded_others_go_on_and_hooks_fire(tmp_path, tiny_mod
     summary = run_suite(path, host=host, console=Console(file=open(os.devnull, "w")),
                         show_progress=False)
     assert (summary.cached, summary.done, summary.failed) == (2, 0, 1)
+
+
+def test_failed_tuning_fails_its_cells_and_names_the_bad_row(tmp_path, tiny_model_path):
+    path = small_suite(tmp_path)
+    with (tmp_path / "data" / "sft.jsonl").open("a") as handle:
+        handle.write('{"prompt": "only a prompt"}\n')
+    summary = run_suite(path, console=Console(file=open(os.devnull, "w")), show_progress=False,
+                        host=PluginHost.load(entry_points=False))
+    assert (summary.done, summary.failed) == (2, 2)  # the base cells still ran
+    con = duckdb.connect(str(tmp_path / "results" / "small.duckdb"), read_only=True)
+    status, error = con.execute("SELECT status, error FROM variants").fetchone()
+    assert status == "failed"
+    assert error.startswith("tuning 'lora-a' failed: DataError: ")
+    assert error.endswith("sft.jsonl:17: a row needs 'messages', or both 'prompt' and "
+                          "'completion'")
+    errors = con.execute("SELECT DISTINCT error FROM cells WHERE status = 'failed'").fetchall()
+    assert errors == [(error,)]
+    con.close()
+    assert not list((tmp_path / "results" / "small.variants").glob("*"))  # nothing half-written

@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from pydantic import Field
+
 import harness
 from harness.components import Options, ResolvedModel, TokenScores, Variant
 
 
 class HFOptions(Options):
-    batch_size: int = 8
+    batch_size: int = Field(default=8, gt=0)
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: longest sequence scored or generated from; default: the model's own limit
-    max_length: int | None = None
+    max_length: int | None = Field(default=None, gt=1)
 
 
 def pick_device(name: str) -> str:

@@ -6,7 +6,7 @@ Loss on completions only; the adapter is saved as safetensors.
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -33,6 +33,7 @@ class SFTOptions(Options):
     gradient_accumulation: int = Field(default=1, gt=0)
     max_length: int = Field(default=512, gt=8)
     warmup: float = Field(default=0.0, ge=0, description="warm-up steps, or a fraction of all steps if < 1")
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(default=0.0, ge=0)
     gradient_checkpointing: bool = Field(default=False, description="trade compute for memory")
 
@@ -59,7 +60,10 @@ def sft_config(options: SFTOptions, job: TuneJob, **extra: Any):
         max_length=options.max_length,
         warmup_steps=options.warmup,
         weight_decay=options.weight_decay,
-        lr_scheduler_type="constant" if options.warmup == 0 else "linear",
+        lr_scheduler_type=(
+            "constant_with_warmup" if options.schedule == "constant" and options.warmup
+            else options.schedule
+        ),
         completion_only_loss=True,
         logging_steps=1,
         save_strategy="no",
