@@ -248,3 +248,98 @@ def test_failed_tuning_fails_its_cells_and_names_the_bad_row(tmp_path, tiny_mode
     assert errors == [(error,)]
     con.close()
     assert not list((tmp_path / "results" / "small.variants").glob("*"))  # nothing half-written
+
+
+# -- every kind of component from a plugin ------------------------------------------------
+
+CALLS: dict[str, list] = {"load": [], "activate": [], "units": [], "reports": []}
+
+
+class CountingBackend:
+    """The real HF backend, counting how often a base is loaded and variants switched."""
+
+    from harness_plugins.backends.hf import HFBackend as _HF
+
+    Options = _HF.Options
+
+    def __new__(cls, options):
+        backend = cls._HF(options)
+        load, activate = backend.load, backend.activate
+        backend.load = lambda model: (CALLS["load"].append(model.name), load(model))[1]
+        backend.activate = lambda v: (CALLS["activate"].append(v.name), activate(v))[1]
+        return backend
+
+
+class RecordingExecutor:
+    Options = Options
+
+    def __init__(self, options):
+        pass
+
+    def run(self, units, work, emit):
+        for unit in units:
+            CALLS["units"].append([v.name for v in unit.variants])
+            work(unit, emit)
+
+
+class FolderSource:
+    def resolve(self, reference, *, base_dir, trust_remote_code):
+        from harness_plugins.sources.builtin import builtin_model_path
+
+        return builtin_model_path(reference)
+
+
+class CsvReporter:
+    Options = Options
+
+    def __init__(self, options):
+        pass
+
+    def report(self, context):
+        from harness.store import query
+
+        columns, rows = query(context.store_path,
+                              "SELECT variant, evaluator, value FROM leaderboard ORDER BY 1, 2")
+        out = context.store_path.parent / "leaderboard.csv"
+        out.write_text("\n".join(",".join(map(str, r)) for r in [columns, *rows]))
+        CALLS["reports"].append(context.run_id)
+
+
+class EveryKind:
+    @harness.hookimpl
+    def harness_register_backends(self, register):
+        register("tests/counting-hf", CountingBackend)
+
+    @harness.hookimpl
+    def harness_register_executors(self, register):
+        register("tests/recording", RecordingExecutor)
+
+    @harness.hookimpl
+    def harness_register_model_sources(self, register):
+        register("tests/models", FolderSource)
+
+    @harness.hookimpl
+    def harness_register_reporters(self, register):
+        register("tests/csv", CsvReporter)
+
+
+def test_components_of_every_kind_come_from_plugins_and_the_base_loads_once(tmp_path,
+                                                                             tiny_model_path):
+    path = small_suite(tmp_path)
+    text = path.read_text()
+    text = text.replace('source = "builtin:tiny-random"', 'source = "tests/models:tiny-random"')
+    text = text.replace('kind = "hf"', 'kind = "tests/counting-hf"')
+    text = text.replace('seed = 0', 'seed = 0\nreporters = ["tests/csv"]')
+    path.write_text(text + '\n[executor]\nkind = "tests/recording"\n')
+    for calls in CALLS.values():
+        calls.clear()
+    host = PluginHost.load(entry_points=False, extra_plugins=[EveryKind()])
+    summary = run_suite(path, host=host, console=Console(file=open(os.devnull, "w")),
+                        show_progress=False)
+    assert (summary.done, summary.failed) == (4, 0)
+    assert CALLS["load"] == ["tiny"]                    # one base load for base and adapter
+    assert CALLS["activate"] == ["base", "lora-a"]
+    assert CALLS["units"] == [["base", "lora-a"]]
+    assert CALLS["reports"] == [summary.run_id]
+    lines = (tmp_path / "results" / "leaderboard.csv").read_text().splitlines()
+    assert lines[0] == "variant,evaluator,value" and len(lines) == 5
