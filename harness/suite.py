@@ -161,7 +161,7 @@ def load_suite(path: str | Path, host: PluginHost) -> Suite:
         lines = []
         for error in exc.errors():
             label, field = _where(raw, tuple(error["loc"]))
-            lines.append(_line(path, label, field, error["msg"]))
+            lines.append(_line(path, label, field, error["msg"].removeprefix("Value error, ")))
         raise UserError(*lines) from None
     return _resolve(path, parsed, host)
 
@@ -203,7 +203,7 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
         except ValidationError as exc:
             for error in exc.errors():
                 field = ".".join(["options", *(str(p) for p in error["loc"])])
-                problem(label, field, error["msg"])
+                problem(label, field, error["msg"].removeprefix("Value error, "))
             return None
 
     def data_path(value: str, label: str) -> str:
@@ -216,23 +216,21 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
             problem(label, "data", f"data file is empty: {value}")
         return str(resolved)
 
-    tuners = []
-    for index, entry in enumerate(parsed.tuners):
-        label = f"[[tuners]] #{index + 1} ({entry.name!r})"
-        cls = component("tuner", entry.method, label, "method")
-        data = data_path(entry.data, label)
-        opts = options(cls, entry.options, label) if cls is not None else None
-        tuners.append(ResolvedComponent(entry.name, entry.method, opts, entry.options, data))
+    def entries(table: str, kind: str, field: str) -> list[ResolvedComponent]:
+        """Resolve each [[tuners]] or [[evaluators]] entry: component, data, options."""
+        resolved = []
+        for index, entry in enumerate(getattr(parsed, table)):
+            label = f"{_TABLE_LABEL[table]} #{index + 1} ({entry.name!r})"
+            name = getattr(entry, field)
+            cls = component(kind, name, label, field)
+            data = data_path(entry.data, label)
+            opts = options(cls, entry.options, label) if cls is not None else None
+            resolved.append(ResolvedComponent(entry.name, name, opts, entry.options, data,
+                                              getattr(entry, "role", None)))
+        return resolved
 
-    evaluators = []
-    for index, entry in enumerate(parsed.evaluators):
-        label = f"[[evaluators]] #{index + 1} ({entry.name!r})"
-        cls = component("evaluator", entry.kind, label, "kind")
-        data = data_path(entry.data, label)
-        opts = options(cls, entry.options, label) if cls is not None else None
-        evaluators.append(
-            ResolvedComponent(entry.name, entry.kind, opts, entry.options, data, entry.role)
-        )
+    tuners = entries("tuners", "tuner", "method")
+    evaluators = entries("evaluators", "evaluator", "kind")
 
     for index, entry in enumerate(parsed.models):
         prefix = entry.source.split(":", 1)[0] if NAMED_REFERENCE.match(entry.source) else None
