@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from harness.errors import DataError
 
 Row = TypeVar("Row", bound=BaseModel)
+
+
+def _id_as_text(value: object) -> object:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: an item id: a string, or an integer stored as text
+ItemId = Annotated[str, BeforeValidator(_id_as_text)]
 
 
 class DataRow(BaseModel):

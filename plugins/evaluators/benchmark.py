@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 import harness
 from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
-from harness.data import DataRow, read_jsonl
+from harness.data import DataRow, ItemId, read_jsonl
 from harness.errors import DataError, UserError
 
 LM_EVAL_PREFIX = "lm_eval:"
@@ -43,7 +43,7 @@ class ItemRow(DataRow):
     question: str = Field(min_length=1)
     choices: list[str] | None = None
     answer: int | str
-    id: str | None = None
+    id: ItemId | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ItemRow:

@@ -14,12 +14,12 @@ from pydantic import Field
 
 import harness
 from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
-from harness.data import DataRow, read_jsonl
+from harness.data import DataRow, ItemId, read_jsonl
 
 
 class TextRow(DataRow):
     text: str = Field(min_length=1)
-    id: str | None = None
+    id: ItemId | None = None
 
 
 class PerplexityOptions(Options):
