@@ -85,6 +85,8 @@ class TuneJob:
     seed: int
     #: called after every optimiser step with (step, total_steps, loss)
     on_step: Callable[[int, int, float], None] = lambda step, total, loss: None
+    #: every registered reward class by name, for tuners that optimise a reward
+    rewards: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,6 +162,17 @@ class Evaluator(Protocol):
     def __init__(self, spec: EvaluatorSpec, options: Any) -> None: ...
 
     def evaluate(self, backend: Backend) -> EvalResult: ...
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores completions of prompts; higher is better. Texts, not tokens."""
+
+    Options: ClassVar[type[Options]]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
 
 
 @dataclass

@@ -88,6 +88,15 @@ def harness_register_model_sources(register: Register) -> None:
     """
 
 
+@hookspec
+def harness_register_rewards(register: Register) -> None:
+    """Register reward functions that RL tuners (GRPO, PPO) optimise.
+
+    :param register: call with a name (used as ``reward`` in a tuner's options)
+        and a class following :class:`harness.components.Reward`.
+    """
+
+
 # -- lifecycle ------------------------------------------------------------------
 
 
@@ -132,4 +141,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "backend": "harness_register_backends",
     "executor": "harness_register_executors",
     "model_source": "harness_register_model_sources",
+    "reward": "harness_register_rewards",
 }

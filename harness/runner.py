@@ -82,6 +82,7 @@ class VariantPlan:
     tuner_class: Any = None
     data_hash: str | None = None
     output_dir: Path | None = None
+    rewards: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str | None:
@@ -125,6 +126,7 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
         for e in suite.evaluators
     }
     tuner_data = {t.name: data_hash(t.data) for t in suite.tuners}
+    rewards = {name: reg.component for name, reg in host.registry()["reward"].items()}
     variants: list[VariantPlan] = []
     cells: list[CellPlan] = []
     for model in models:
@@ -142,6 +144,7 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
                 tuner_class=host.component("tuner", tuner.kind).component,
                 data_hash=tuner_data[tuner.name],
                 output_dir=artifacts / f"{model.name}-{tuner.name}-{key[:12]}",
+                rewards=rewards,
             ))
         variants.extend(model_variants)
         for variant in model_variants:
@@ -276,6 +279,7 @@ def _tune(variant: VariantPlan, seed: int, emit: Callable[[Any], None]) -> Varia
         model=variant.model, variant_name=variant.name, data=Path(variant.tuner.data),
         output_dir=staging, seed=seed,
         on_step=lambda step, total, loss: emit(TuningStep(variant, step, total, loss)),
+        rewards=variant.rewards,
     )
     try:
         result = tuner.tune(job)

@@ -18,8 +18,8 @@ from harness.plugins import PluginHost, PluginLoadError
 
 def test_builtins_register_every_component_kind():
     host = PluginHost.load(entry_points=False)
-    assert host.names("tuner") == ["lora"]
-    assert host.names("evaluator") == ["benchmark", "perplexity"]
+    assert "lora" in host.names("tuner")
+    assert {"benchmark", "perplexity"} <= set(host.names("evaluator"))
     assert host.names("backend") == ["hf"]
     assert host.names("executor") == ["local"]
     assert host.names("reporter") == ["console"]
@@ -29,7 +29,7 @@ def test_builtins_register_every_component_kind():
 
 def test_unknown_component_lists_the_known_ones():
     host = PluginHost.load(entry_points=False)
-    with pytest.raises(UserError, match=r"unknown tuner 'lorax'; known: lora"):
+    with pytest.raises(UserError, match=r"unknown tuner 'lorax'; known: .*lora"):
         host.component("tuner", "lorax")
 
 
@@ -57,7 +57,7 @@ class _RaisingRegistration:
 def test_plugin_raising_in_registration_is_named_and_others_still_work():
     plugin = _RaisingRegistration()
     host = PluginHost.load(entry_points=False, extra_plugins=[plugin])
-    assert host.names("evaluator") == ["benchmark", "perplexity"]
+    assert {"benchmark", "perplexity"} <= set(host.names("evaluator"))
     broken = [i for i in host.plugins() if i.error]
     assert len(broken) == 1
     assert "harness_register_evaluators raised RuntimeError: boom in registration" in broken[0].error
@@ -83,7 +83,7 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch):
     host = PluginHost.load()
     info = next(i for i in host.plugins() if i.name == "broken")
     assert info.error.startswith("ModuleNotFoundError")
-    assert host.names("tuner") == ["lora"]
+    assert "lora" in host.names("tuner")
 
     result = CliRunner().invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
@@ -139,7 +139,8 @@ def test_choose_and_block_switches(monkeypatch):
     assert "acme/extra" in PluginHost.load().names("tuner")
     monkeypatch.delenv("HARNESS_PLUGINS")
     monkeypatch.setenv("HARNESS_BLOCK_PLUGINS", "extra,tuners.lora")
-    assert PluginHost.load().names("tuner") == []
+    tuners = PluginHost.load().names("tuner")
+    assert "lora" not in tuners and "acme/extra" not in tuners
 
 
 def test_trace_switch_prints_hook_calls(monkeypatch, capsys):

@@ -46,7 +46,8 @@ def test_three_errors_in_three_places_are_all_reported(tmp_path):
     assert len(lines) == 3, result.output
     assert all(line.startswith(f"harness: error: {path}: ") for line in lines)
     assert lines[0].endswith(
-        "[[tuners]] #1 ('lora-a') field 'method': unknown tuner 'lorax'; known: lora")
+        "[[tuners]] #1 ('lora-a') field 'method': unknown tuner 'lorax'; known: "
+        + ", ".join(PluginHost.load(entry_points=False).names("tuner")))
     assert lines[1].endswith(
         "[[evaluators]] #2 ('text') field 'data': no such file or folder: data/missing.jsonl")
     assert lines[2].endswith(

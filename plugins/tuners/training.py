@@ -1,0 +1,125 @@
+"""What every tuner shares: options, trl trainer arguments, model loading, the run itself.
+
+A tuner module only says what differs: its options, its trl trainer and its
+peft configuration. The training loop is trl's; this module adds the
+bookkeeping every variant needs (loss curve, tokens, seconds, peak memory,
+parameter counts) and saves the result as safetensors.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any, Literal
+
+from pydantic import Field
+
+from harness.components import Options, TuneJob, TuneResult
+
+from harness_plugins.tuners.records import (
+    PeakMemory,
+    count_parameters,
+    quiet_trainer,
+    record_callback,
+    training_record,
+)
+
+
+class TrainingOptions(Options):
+    """Options of every tuner's optimisation loop."""
+
+    steps: int | None = Field(default=None, gt=0, description="optimiser steps (wins over epochs)")
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=4, gt=0)
+    gradient_accumulation: int = Field(default=1, gt=0)
+    max_length: int = Field(default=512, gt=8)
+    warmup: float = Field(default=0.0, ge=0, description="warm-up steps, or a fraction of all steps if < 1")
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    weight_decay: float = Field(default=0.0, ge=0)
+    gradient_checkpointing: bool = Field(default=False, description="trade compute for memory")
+
+
+class AdapterOptions(TrainingOptions):
+    """Options of the low-rank adapter that LoRA-style tuners train."""
+
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+def lora_config(options: AdapterOptions, **extra: Any) -> Any:
+    """A peft ``LoraConfig`` from adapter options (``use_dora=True`` for DoRA)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+        target_modules=options.target_modules, task_type="CAUSAL_LM", **extra,
+    )
+
+
+def trainer_args(config_class: Any, options: TrainingOptions, job: TuneJob, **extra: Any) -> Any:
+    """A trl config (SFTConfig, DPOConfig, ...): no checkpoints, no reporting, every step logged."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return config_class(
+        output_dir=str(job.output_dir / "trainer"),
+        max_steps=options.steps or -1,
+        num_train_epochs=options.epochs,
+        learning_rate=options.lr,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation,
+        warmup_steps=options.warmup,
+        lr_scheduler_type=(
+            "constant_with_warmup" if options.schedule == "constant" and options.warmup
+            else options.schedule
+        ),
+        weight_decay=options.weight_decay,
+        gradient_checkpointing=options.gradient_checkpointing,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=job.seed,
+        data_seed=job.seed,
+        include_num_input_tokens_seen=True,
+        disable_tqdm=True,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def load_tokenizer_for(job: TuneJob) -> Any:
+    from harness_plugins.backends.hf import load_tokenizer
+
+    return load_tokenizer(job.model.path, trust_remote_code=job.model.trust_remote_code)
+
+
+def load_model_for(job: TuneJob, **kwargs: Any) -> Any:
+    """The base model to train, from safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        job.model.path, use_safetensors=True, trust_remote_code=job.model.trust_remote_code,
+        **kwargs,
+    )
+
+
+def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
+                recorder: Any) -> TuneResult:
+    """Train, record what it cost, and save the adapter or the full weights as safetensors."""
+    quiet_trainer(trainer)
+    trainable, total = count_parameters(trainer.model)
+    with PeakMemory() as memory:
+        state = trainer.train()
+    out = job.output_dir / save
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    if save == "weights":
+        trainer.processing_class.save_pretrained(out)
+    shutil.rmtree(job.output_dir / "trainer", ignore_errors=True)
+    record = training_record(recorder, state.global_step, memory, trainer.model, trainable, total)
+    return TuneResult(save, out, record)
+
+
