@@ -111,3 +111,27 @@ options = {{ batch_size = 4 }}
     path = root / "suite.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def completion_nll(model, tokenizer, rows) -> float:
+    """Mean -log p over completion tokens, the prompt rendered with the chat template."""
+    import torch
+
+    total, count = 0.0, 0
+    for row in rows:
+        if "messages" in row:
+            prompt, completion = row["messages"][:-1], row["messages"][-1:]
+        else:
+            prompt = [{"role": "user", "content": row["prompt"]}]
+            completion = [{"role": "assistant", "content": row["completion"]}]
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
+                                                   tokenize=True, return_dict=True)["input_ids"]
+        full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+        ids = torch.tensor([full_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        for position in range(len(prompt_ids), len(full_ids)):
+            total -= logprobs[position - 1, full_ids[position]].item()
+            count += 1
+    return total / count

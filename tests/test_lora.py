@@ -5,35 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
 from harness.components import TuneJob
 from harness.errors import DataError
 from harness_plugins.tuners.lora import LoraOptions, LoraTuner
 
-from .conftest import SFT_ROWS, write_jsonl
-
-
-def _completion_nll(model, tokenizer, rows) -> float:
-    """Mean -log p over completion tokens, the prompt rendered with the chat template."""
-    total, count = 0.0, 0
-    for row in rows:
-        if "messages" in row:
-            prompt, completion = row["messages"][:-1], row["messages"][-1:]
-        else:
-            prompt = [{"role": "user", "content": row["prompt"]}]
-            completion = [{"role": "assistant", "content": row["completion"]}]
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]
-        full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True,
-                                                 return_dict=True)["input_ids"]
-        ids = torch.tensor([full_ids])
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-        for position in range(len(prompt_ids), len(full_ids)):
-            total -= logprobs[position - 1, full_ids[position]].item()
-            count += 1
-    return total / count
+from .conftest import SFT_ROWS, completion_nll, write_jsonl
 
 
 def test_lora_lowers_completion_loss_on_its_data(tmp_path, tiny_model):
@@ -59,9 +35,9 @@ def test_lora_lowers_completion_loss_on_its_data(tmp_path, tiny_model):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model.path)
     base = AutoModelForCausalLM.from_pretrained(tiny_model.path).eval()
-    before = _completion_nll(base, tokenizer, SFT_ROWS)
+    before = completion_nll(base, tokenizer, SFT_ROWS)
     tuned = PeftModel.from_pretrained(base, str(result.path)).eval()
-    after = _completion_nll(tuned, tokenizer, SFT_ROWS)
+    after = completion_nll(tuned, tokenizer, SFT_ROWS)
     assert after < before - 0.5, (before, after)
 
 

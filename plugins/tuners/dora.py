@@ -1,0 +1,32 @@
+"""DoRA (Liu et al. 2024): LoRA with the weight split into magnitude and direction.
+
+peft's ``use_dora``; otherwise the LoRA recipe (SFT, loss on completions only).
+"""
+
+from __future__ import annotations
+
+import harness
+from harness.components import TuneJob, TuneResult
+
+from harness_plugins.tuners.lora import train_sft
+from harness_plugins.tuners.training import AdapterOptions, load_model_for, lora_config
+
+
+class DoraOptions(AdapterOptions):
+    pass
+
+
+class DoraTuner:
+    Options = DoraOptions
+
+    def __init__(self, options: DoraOptions) -> None:
+        self.options = options
+
+    def tune(self, job: TuneJob) -> TuneResult:
+        return train_sft(job, self.options, load_model_for(job),
+                         lora_config(self.options, use_dora=True))
+
+
+@harness.hookimpl
+def harness_register_tuners(register):
+    register("dora", DoraTuner)
