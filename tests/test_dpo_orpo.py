@@ -31,7 +31,7 @@ TRAINING = dict(r=8, alpha=16, steps=16, lr=1e-2, batch_size=4, max_length=64)
 
 
 def _completion_logprob(model, tokenizer, prompt: str, completion: str) -> tuple[float, int]:
-    """(sum of log p(completion tokens | prompt), number of completion tokens), chat template applied."""
+    """(sum of log p(completion tokens | prompt), their number), with the chat template."""
     turns = [{"role": "user", "content": prompt}]
     prompt_ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
@@ -42,7 +42,8 @@ def _completion_logprob(model, tokenizer, prompt: str, completion: str) -> tuple
         logits = model(input_ids=torch.tensor([full_ids])).logits[0, :-1].double()
     logprobs = torch.log_softmax(logits, -1)
     positions = range(len(prompt_ids), len(full_ids))
-    return sum(logprobs[position - 1, full_ids[position]].item() for position in positions), len(positions)
+    total = sum(logprobs[position - 1, full_ids[position]].item() for position in positions)
+    return total, len(positions)
 
 
 def _scores(model, tokenizer) -> tuple[float, float]:
@@ -125,9 +126,11 @@ def _no_model(job, **kwargs):
 
 
 @pytest.mark.parametrize("module, tuner", [(dpo, DPOTuner(DPOOptions(steps=1))),
-                                           (orpo, ORPOTuner(ORPOOptions(steps=1)))], ids=["dpo", "orpo"])
+                                           (orpo, ORPOTuner(ORPOOptions(steps=1)))],
+                         ids=["dpo", "orpo"])
 @pytest.mark.parametrize("bad, expected", [
-    ({"prompt": "Name a colour.", "chosen": "Blue."}, r"prefs.jsonl:3: field 'rejected': Field required"),
+    ({"prompt": "Name a colour.", "chosen": "Blue."},
+     r"prefs.jsonl:3: field 'rejected': Field required"),
     ({"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Blue."},
      r"prefs.jsonl:3: 'chosen' and 'rejected' are the same"),
     ({"prompt": "Name a colour.", "chosen": [{"role": "user", "content": "Blue."}], "rejected": "No."},
@@ -156,7 +159,8 @@ def _tokenized_by_orpo(tiny_model, tmp_path, monkeypatch, rows, max_length):
     data = write_jsonl(tmp_path / "prefs.jsonl", rows)
     out = tmp_path / "out"
     out.mkdir()
-    ORPOTuner(ORPOOptions(steps=1, max_length=max_length)).tune(TuneJob(tiny_model, "pref", data, out, seed=0))
+    options = ORPOOptions(steps=1, max_length=max_length)
+    ORPOTuner(options).tune(TuneJob(tiny_model, "pref", data, out, seed=0))
     return seen["dataset"]
 
 
@@ -181,8 +185,10 @@ def test_prompt_that_fills_max_length_names_its_line(tmp_path, tiny_model, monke
     data = write_jsonl(tmp_path / "prefs.jsonl", rows)
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(DataError, match=r"prefs.jsonl:3: field 'prompt': the prompt fills max_length=24"):
-        tuner(tuner.Options(steps=1, max_length=24)).tune(TuneJob(tiny_model, "pref", data, out, seed=0))
+    expected = r"prefs.jsonl:3: field 'prompt': the prompt fills max_length=24"
+    with pytest.raises(DataError, match=expected):
+        tuner(tuner.Options(steps=1, max_length=24)).tune(TuneJob(tiny_model, "pref", data, out,
+                                                                  seed=0))
 
 
 def _no_training(*args):

@@ -39,8 +39,9 @@ class DPOOptions(AdapterOptions):
                                                         "(higher = closer); tau for 'ipo'")
     loss_type: DPOLoss | list[DPOLoss] = Field(
         default="sigmoid", description="a DPO loss, or a list of them added with equal weights")
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5,
-                                   description="flip probability for 'robust' and 'aot*', epsilon for 'exo_pair'")
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=0.5,
+        description="flip probability for 'robust' and 'aot*', epsilon for 'exo_pair'")
 
     @model_validator(mode="after")
     def _check_loss(self) -> DPOOptions:
@@ -90,12 +91,14 @@ class DPOTuner:
 
 def data_lines(path: Path) -> list[int]:
     """The line number of every row of a JSONL file, counted as harness.data.read_jsonl counts."""
-    return [number for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    return [number for number, line in enumerate(path.read_bytes().split(b"\n"), start=1)
+            if line.strip()]
 
 
 def prompt_fills_max_length(job: TuneJob, line: int, max_length: int) -> DataError:
-    return DataError(job.data, line, f"the prompt fills max_length={max_length} tokens and leaves none "
-                                     "for the answer; raise max_length or shorten the prompt", field="prompt")
+    return DataError(job.data, line,
+                     f"the prompt fills max_length={max_length} tokens and leaves none for the "
+                     "answer; raise max_length or shorten the prompt", field="prompt")
 
 
 @harness.hookimpl

@@ -49,7 +49,8 @@ class ORPOTuner:
 
         options = self.options
         recorder = record_callback(job.on_step)
-        # remove_unused_columns=False: ORPO's collator needs the raw columns (trl sets it itself, with a warning)
+        # remove_unused_columns=False: ORPO's collator needs the raw columns (trl would set it
+        # itself, with a warning)
         args = trainer_args(ORPOConfig, options, job, max_length=options.max_length, beta=options.beta,
                             remove_unused_columns=False)
         trainer = _fixed(ORPOTrainer)(model=load_model_for(job), args=args, train_dataset=dataset,

@@ -1,0 +1,1 @@
+"""Rewards: what RL tuners (PPO, GRPO) optimise, as functions of prompt and completion text."""
