@@ -9,18 +9,15 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
-from harness_plugins.tuners.training import AdapterOptions, load_model_for, lora_config
+from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
 
 
 class DoraOptions(AdapterOptions):
     pass
 
 
-class DoraTuner:
+class DoraTuner(BaseTuner):
     Options = DoraOptions
-
-    def __init__(self, options: DoraOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job),

@@ -18,6 +18,7 @@ from harness.errors import DataError
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
+    BaseTuner,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -54,11 +55,8 @@ class DPOOptions(AdapterOptions):
         return self
 
 
-class DPOTuner:
+class DPOTuner(BaseTuner):
     Options = DPOOptions
-
-    def __init__(self, options: DPOOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported

@@ -12,18 +12,15 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
-from harness_plugins.tuners.training import TrainingOptions, load_model_for
+from harness_plugins.tuners.training import BaseTuner, TrainingOptions, load_model_for
 
 
 class FullOptions(TrainingOptions):
     lr: float = Field(default=1e-5, gt=0)
 
 
-class FullTuner:
+class FullTuner(BaseTuner):
     Options = FullOptions
-
-    def __init__(self, options: FullOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job), peft_config=None,

@@ -33,6 +33,7 @@ from harness.errors import DataError, UserError
 from harness_plugins.tuners.rows import PromptRow
 from harness_plugins.tuners.training import (
     AdapterOptions,
+    BaseTuner,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -148,11 +149,8 @@ def trl_reward_function(reward: Any, name: str) -> Any:
     return reward_function
 
 
-class GRPOTuner:
+class GRPOTuner(BaseTuner):
     Options = GRPOOptions
-
-    def __init__(self, options: GRPOOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         from datasets import Dataset

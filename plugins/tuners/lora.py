@@ -13,6 +13,7 @@ from harness.components import TuneJob, TuneResult
 from harness_plugins.tuners.rows import SFTRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
+    BaseTuner,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -41,11 +42,8 @@ def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,
     return run_trainer(trainer, job, save, recorder)
 
 
-class LoraTuner:
+class LoraTuner(BaseTuner):
     Options = LoraOptions
-
-    def __init__(self, options: LoraOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job), lora_config(self.options))

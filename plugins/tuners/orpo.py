@@ -19,6 +19,7 @@ from harness_plugins.tuners.dpo import data_lines, prompt_fills_max_length
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
+    BaseTuner,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -33,11 +34,8 @@ class ORPOOptions(AdapterOptions):
                         description="weight of the odds-ratio term (the paper's lambda; trl's default)")
 
 
-class ORPOTuner:
+class ORPOTuner(BaseTuner):
     Options = ORPOOptions
-
-    def __init__(self, options: ORPOOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported

@@ -65,6 +65,7 @@ from harness_plugins.tuners.records import (
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
+    BaseTuner,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -265,11 +266,8 @@ def pair_accuracy(reward: Any, job: TuneJob) -> float:
 # -- the tuner ---------------------------------------------------------------------------------
 
 
-class PPOTuner:
+class PPOTuner(BaseTuner):
     Options = PPOOptions
-
-    def __init__(self, options: PPOOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         import torch

@@ -14,7 +14,7 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
-from harness_plugins.tuners.training import AdapterOptions, load_model_for, lora_config
+from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
 
 
 class QLoraOptions(AdapterOptions):
@@ -40,11 +40,8 @@ def quantised_base(job: TuneJob, options: QLoraOptions):
     )
 
 
-class QLoraTuner:
+class QLoraTuner(BaseTuner):
     Options = QLoraOptions
-
-    def __init__(self, options: QLoraOptions) -> None:
-        self.options = options
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, quantised_base(job, self.options),

@@ -9,7 +9,7 @@ parameter counts) and saves the result as safetensors.
 from __future__ import annotations
 
 import shutil
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -46,6 +46,22 @@ class AdapterOptions(TrainingOptions):
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
+
+
+class BaseTuner:
+    """What every built-in tuner's class shares: its ``Options`` model and the constructor.
+
+    The host validates a suite entry's ``options`` table against ``Options`` and builds
+    the tuner with the result; a subclass sets ``Options`` and writes ``tune(job)``.
+    """
+
+    Options: ClassVar[type[TrainingOptions]] = TrainingOptions
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def tune(self, job: TuneJob) -> TuneResult:
+        raise NotImplementedError
 
 
 def lora_config(options: AdapterOptions, **extra: Any) -> Any:
