@@ -8,6 +8,7 @@ the protocols and records below. Nothing here imports torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -98,7 +99,9 @@ class TuneResult:
 
 # -- evaluation ---------------------------------------------------------------
 
-Role = Literal["general", "target", "safety"]
+#: ``general`` and ``safety`` scores feed the forgetting view, ``target`` scores are what
+#: tuning aimed at, ``monitor`` scores (drift) describe change and feed neither.
+Role = Literal["general", "target", "safety", "monitor"]
 
 
 @dataclass
@@ -127,9 +130,23 @@ class Sample:
 
 
 @dataclass
+class Alert:
+    """A metric that crossed its threshold (a drift monitor's finding)."""
+
+    metric: str
+    value: float
+    threshold: float
+    message: str
+
+
+@dataclass
 class EvalResult:
     metrics: list[Metric]
     samples: list[Sample] = field(default_factory=list)
+    #: thresholds crossed; stored in ``alerts`` and sent to ``harness_drift_alert``
+    alerts: list[Alert] = field(default_factory=list)
+    #: facts about how the scores were made (the judge model used, ...): ``cells.info``
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,8 @@ class EvaluatorSpec:
     role: Role
     data: str
     seed: int
+    #: models named by the evaluator's ``required_models(options)``, made local by the host
+    models: dict[str, ResolvedModel] = field(default_factory=dict)
 
 
 # -- protocols ------------------------------------------------------------------
@@ -196,7 +215,18 @@ class Backend(Protocol):
 
     def activate(self, variant: Variant) -> None: ...
 
-    def score_texts(self, texts: Sequence[str]) -> list[TokenScores]: ...
+    def score_texts(self, texts: Sequence[str], stride: int | None = None) -> list[TokenScores]:
+        """Log-probability of every token; long texts in rolling windows (lm-eval's)."""
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
+        """Full next-token log-distributions (tensors) over each (prompt, continuation)'s
+        continuation tokens."""
+
+    def chat_prompt(self, user_text: str) -> str:
+        """A user turn in the model's chat template, ready for generation."""
+
+    def as_base(self) -> AbstractContextManager[None]:
+        """Within the block, score and generate with the untouched base model."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]: ...
 
@@ -243,3 +273,11 @@ class Executor(Protocol):
 
     def run(self, units: Iterable[Any], work: Callable[[Any, Callable[[Any], None]], None],
             emit: Callable[[Any], None]) -> None: ...
+
+
+def require_backend(backend: Any, evaluator: str, *methods: str) -> None:
+    """Fail an evaluator's cell clearly when its backend lacks an optional method."""
+    missing = [name for name in methods if not callable(getattr(backend, name, None))]
+    if missing:
+        raise TypeError(f"the {evaluator} evaluator needs a backend with {', '.join(missing)}; "
+                        f"{type(backend).__name__} has none")

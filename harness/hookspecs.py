@@ -24,6 +24,7 @@ import pluggy
 from harness import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from harness.components import Alert
     from harness.runner import CellOutcome, CellPlan, RunInfo, RunSummary
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -122,6 +123,17 @@ def harness_cell_finished(cell: CellPlan, outcome: CellOutcome) -> None:
 
     :param cell: the cell's key and names.
     :param outcome: status (``done`` or ``failed``), metrics, error text.
+    """
+
+
+@hookspec
+def harness_drift_alert(cell: CellPlan, alert: Alert) -> None:
+    """A cell's metric crossed its threshold (a drift monitor fired); the alert is stored.
+
+    Called after :func:`harness_cell_finished`, once per alert, on the driver.
+
+    :param cell: the cell whose result raised the alert (model, variant, evaluator).
+    :param alert: ``metric``, ``value``, ``threshold`` and a one-line ``message``.
     """
 
 

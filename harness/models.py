@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.components import ResolvedModel
 from harness.errors import UserError
 from harness.plugins import PluginHost
-from harness.suite import NAMED_REFERENCE, ModelEntry
+from harness.suite import NAMED_REFERENCE, ModelEntry, Suite
 
 _CHUNK = 1 << 20
 
@@ -65,17 +65,30 @@ def fingerprint(folder: Path) -> str:
     return result
 
 
+def resolve_reference(name: str, reference: str, host: PluginHost, base_dir: Path,
+                      trust_remote_code: bool = False) -> ResolvedModel:
+    """Make a model reference (``builtin:x``, ``hub:org/name``, a folder) local and fingerprint it."""
+    source_name, ref = source_for(reference, base_dir)
+    source = host.component("model_source", source_name).component()
+    path = Path(source.resolve(ref, base_dir=base_dir, trust_remote_code=trust_remote_code))
+    return ResolvedModel(name=name, source=reference, path=path, fingerprint=fingerprint(path),
+                         trust_remote_code=trust_remote_code)
+
+
 def resolve_model(entry: ModelEntry, host: PluginHost, base_dir: Path) -> ResolvedModel:
     """Make a suite's model local and fingerprint it."""
-    source_name, reference = source_for(entry.source, base_dir)
-    source = host.component("model_source", source_name).component()
-    path = Path(
-        source.resolve(reference, base_dir=base_dir, trust_remote_code=entry.trust_remote_code)
-    )
-    return ResolvedModel(
-        name=entry.name,
-        source=entry.source,
-        path=path,
-        fingerprint=fingerprint(path),
-        trust_remote_code=entry.trust_remote_code,
-    )
+    return resolve_reference(entry.name, entry.source, host, base_dir, entry.trust_remote_code)
+
+
+def resolve_evaluator_models(suite: Suite, host: PluginHost) -> dict[str, dict[str, ResolvedModel]]:
+    """Models the evaluators need besides the one under test (a guard, a judge), by
+    evaluator name and purpose: evaluator classes name them in ``required_models(options)``."""
+    needed: dict[str, dict[str, ResolvedModel]] = {}
+    for entry in suite.evaluators:
+        cls = host.component("evaluator", entry.kind).component
+        wanted = cls.required_models(entry.options) if hasattr(cls, "required_models") else {}
+        needed[entry.name] = {
+            purpose: resolve_reference(f"{entry.name}:{purpose}", reference, host, suite.base_dir)
+            for purpose, reference in wanted.items()
+        }
+    return needed

@@ -34,6 +34,7 @@ from harness import PROJECT_NAME, __version__, hookspecs
 from harness.errors import UserError
 
 if TYPE_CHECKING:
+    from harness.components import Alert
     from harness.runner import CellOutcome, CellPlan, RunInfo, RunSummary
 
 ENTRY_POINT_GROUP = "harness"
@@ -56,6 +57,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.rewards.reward_model",
     "harness_plugins.evaluators.perplexity",
     "harness_plugins.evaluators.benchmark",
+    "harness_plugins.evaluators.safety",
+    "harness_plugins.evaluators.drift",
     "harness_plugins.reporters.console",
 )
 
@@ -284,6 +287,9 @@ class PluginHost:
 
     def cell_finished(self, cell: CellPlan, outcome: CellOutcome) -> None:
         self.pm.hook.harness_cell_finished(cell=cell, outcome=outcome)
+
+    def drift_alert(self, cell: CellPlan, alert: Alert) -> None:
+        self.pm.hook.harness_drift_alert(cell=cell, alert=alert)
 
     def run_finished(self, run: RunInfo, summary: RunSummary) -> None:
         self.pm.hook.harness_run_finished(run=run, summary=summary)

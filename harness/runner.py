@@ -37,7 +37,7 @@ from harness.components import (
     TuneResult,
     Variant,
 )
-from harness.models import resolve_model
+from harness.models import resolve_evaluator_models, resolve_model
 from harness.plugins import PluginHost
 from harness.store import Store
 from harness.suite import NAMED_REFERENCE, ResolvedComponent, Suite, load_suite
@@ -100,6 +100,8 @@ class CellPlan:
     evaluator_class: Any
     evaluator_key: str
     backend: str
+    #: models the evaluator needs besides the one under test (a guard), by purpose
+    evaluator_models: dict[str, ResolvedModel] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -112,19 +114,22 @@ class Plan:
     cells: list[CellPlan]
 
 
-def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Plan:
+def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost,
+              evaluator_models: dict[str, dict[str, ResolvedModel]] | None = None) -> Plan:
     """Expand models x (base + tuners) x evaluators into keyed cells."""
+    evaluator_models = evaluator_models or {}
     artifacts = suite.store_path.parent / f"{suite.store_path.stem}.variants"
     backend_payload = {"kind": suite.backend.kind, "options": _options_payload(suite.backend)}
     # Keys cover everything the suite says about a cell, names and roles included,
     # so that stored rows never carry a stale name or role.
-    evaluator_keys = {
-        e.name: _digest({
-            "name": e.name, "kind": e.kind, "role": e.role, "options": _options_payload(e),
-            "data": data_hash(e.data), "seed": suite.seed,
-        })
-        for e in suite.evaluators
-    }
+    evaluator_keys = {}
+    for e in suite.evaluators:
+        payload = {"name": e.name, "kind": e.kind, "role": e.role, "options": _options_payload(e),
+                   "data": data_hash(e.data), "seed": suite.seed}
+        if evaluator_models.get(e.name):  # a guard or judge model is part of the evaluator
+            payload["models"] = {purpose: m.fingerprint
+                                 for purpose, m in sorted(evaluator_models[e.name].items())}
+        evaluator_keys[e.name] = _digest(payload)
     tuner_data = {t.name: data_hash(t.data) for t in suite.tuners}
     rewards = {name: reg.component for name, reg in host.registry()["reward"].items()}
     variants: list[VariantPlan] = []
@@ -158,6 +163,7 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost) -> Pl
                     key, suite.name, suite.seed, model, variant, evaluator,
                     host.component("evaluator", evaluator.kind).component,
                     evaluator_keys[evaluator.name], suite.backend.kind,
+                    evaluator_models.get(evaluator.name, {}),
                 ))
     return Plan(variants, cells)
 
@@ -260,6 +266,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     datasets.disable_progress_bars()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # bitsandbytes (>= 0.50) on a CPU with AVX512-BF16 tries to fetch a faster 4-bit kernel
+    # from the hub and warns when it cannot; its built-in CPU kernel is used either way.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
@@ -300,7 +309,8 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
     try:
         _seed_everything(cell.seed)
         spec = EvaluatorSpec(cell.evaluator.name, cell.evaluator.kind,
-                             cell.evaluator.role or "general", cell.evaluator.data or "", cell.seed)
+                             cell.evaluator.role or "general", cell.evaluator.data or "", cell.seed,
+                             cell.evaluator_models)
         evaluator = cell.evaluator_class(spec, cell.evaluator.options)
         result = evaluator.evaluate(backend)
         if not isinstance(result, EvalResult):
@@ -387,6 +397,7 @@ class _Recorder:
         self.store, self.host, self.run_id, self.suite = store, host, run_id, suite
         self.progress, self.cells_task = progress, cells_task
         self.tuning_tasks: dict[str, int] = {}
+        self.warned: set[str] = set()
         self.done = self.failed = 0
 
     def __call__(self, event: Any) -> None:
@@ -450,15 +461,22 @@ class _Recorder:
              "higher_is_better": m.higher_is_better, "is_primary": m.primary}
             for m in outcome.metrics
         ]
-        samples = []
+        samples, alerts = [], []
         if outcome.result is not None:
+            row["info"] = json.dumps(outcome.result.info, default=str)
+            warning = outcome.result.info.get("warning")
+            if warning and warning not in self.warned:  # once per run, not once per cell
+                self.warned.add(warning)
+                self.progress.console.print(f"[yellow]warning[/yellow] {cell.evaluator.name}: {warning}")
+            alerts = [{"metric": a.metric, "value": float(a.value), "threshold": a.threshold,
+                       "message": a.message} for a in outcome.result.alerts]
             samples = [
                 {"item_index": s.index, "item_id": s.item_id, "prompt": s.prompt,
                  "target": s.target, "output": s.output, "score": s.score,
                  "logprobs": s.logprobs, "extra": s.extra}
                 for s in outcome.result.samples
             ]
-        self.store.record_cell(row, metrics, samples)
+        self.store.record_cell(row, metrics, samples, alerts)
         if outcome.status == "done":
             self.done += 1
         else:
@@ -466,6 +484,9 @@ class _Recorder:
             self.progress.console.print(f"[red]cell {cell.label} failed:[/red] {outcome.error}")
         self.progress.advance(self.cells_task)
         self.host.cell_finished(cell, outcome)
+        for alert in outcome.result.alerts if outcome.result is not None else ():
+            self.progress.console.print(f"[yellow]alert[/yellow] {cell.label}: {alert.message}")
+            self.host.drift_alert(cell, alert)
 
 
 def run_suite(
@@ -481,7 +502,7 @@ def run_suite(
     host = host or PluginHost.load()
     suite = load_suite(suite_path, host)
     models = [resolve_model(entry, host, suite.base_dir) for entry in suite.models]
-    plan = make_plan(suite, models, host)
+    plan = make_plan(suite, models, host, resolve_evaluator_models(suite, host))
 
     store = Store(suite.store_path)
     finished = store.finished_cells([c.key for c in plan.cells])

@@ -20,7 +20,15 @@ import duckdb
 
 from harness.errors import StoreLockedError, UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: SQL that brings a store from version N to N + 1, applied in order inside one
+#: transaction when a newer harness opens an older store.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON;
+    """,  # version 2 added cells.info and the alerts table (created below if missing)
+}
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -93,7 +101,8 @@ CREATE TABLE IF NOT EXISTS cells (
     traceback VARCHAR,
     seconds DOUBLE,
     started_at TIMESTAMP,
-    finished_at TIMESTAMP
+    finished_at TIMESTAMP,
+    info JSON
 );
 -- metrics and samples carry no primary key: a cell's rows are replaced by a
 -- delete and an insert inside one transaction, which DuckDB's index checks
@@ -117,6 +126,14 @@ CREATE TABLE IF NOT EXISTS samples (
     score DOUBLE,
     logprobs DOUBLE[],
     extra JSON
+);
+-- thresholds a cell's metrics crossed (drift monitors); replaced with the cell
+CREATE TABLE IF NOT EXISTS alerts (
+    cell_key VARCHAR,
+    metric VARCHAR,
+    value DOUBLE,
+    threshold DOUBLE,
+    message VARCHAR
 );
 """
 
@@ -226,11 +243,16 @@ class Store:
                 con.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
                 )
-            elif int(row[0]) != SCHEMA_VERSION:
+            elif int(row[0]) > SCHEMA_VERSION:
                 raise UserError(
-                    f"{self.path}: store has schema version {row[0]}, this harness "
-                    f"writes version {SCHEMA_VERSION}"
+                    f"{self.path}: store has schema version {row[0]}, written by a newer "
+                    f"harness; this one reads up to version {SCHEMA_VERSION}"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                for version in range(int(row[0]), SCHEMA_VERSION):
+                    con.execute(MIGRATIONS[version])
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                            [str(SCHEMA_VERSION)])
             con.execute(_VIEWS)
 
     # -- runs -------------------------------------------------------------------
@@ -300,12 +322,13 @@ class Store:
             )
 
     def record_cell(self, cell: dict[str, Any], metrics: Sequence[dict[str, Any]],
-                    samples: Sequence[dict[str, Any]]) -> None:
-        """Write a cell with its metrics and samples in one transaction."""
+                    samples: Sequence[dict[str, Any]],
+                    alerts: Sequence[dict[str, Any]] = ()) -> None:
+        """Write a cell with its metrics, samples and alerts in one transaction."""
         key = cell["cell_key"]
         with self._write() as con:
-            con.execute("DELETE FROM metrics WHERE cell_key = ?", [key])
-            con.execute("DELETE FROM samples WHERE cell_key = ?", [key])
+            for table in ("metrics", "samples", "alerts"):
+                con.execute(f"DELETE FROM {table} WHERE cell_key = ?", [key])
             columns = ", ".join(cell)
             marks = ", ".join("?" for _ in cell)
             con.execute(
@@ -325,6 +348,11 @@ class Store:
                       s.get("output"), s.get("score"), s.get("logprobs"),
                       json.dumps(s.get("extra") or {}, default=str)]
                      for s in samples],
+                )
+            if alerts:
+                con.executemany(
+                    "INSERT INTO alerts VALUES (?, ?, ?, ?, ?)",
+                    [[key, a["metric"], a["value"], a["threshold"], a["message"]] for a in alerts],
                 )
 
 

@@ -10,10 +10,11 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.components import Role
 from harness.errors import UserError
 from harness.plugins import PluginHost
 
@@ -58,7 +59,7 @@ class EvaluatorEntry(_Table):
     name: str = Field(pattern=NAME_PATTERN)
     kind: str = Field(min_length=1)
     data: str = Field(min_length=1)
-    role: Literal["general", "target", "safety"] = "general"
+    role: Role | None = None  # default: the evaluator kind's (DEFAULT_ROLE), else general
     options: dict[str, Any] = {}
 
 
@@ -225,8 +226,10 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
             cls = component(kind, name, label, field)
             data = data_path(entry.data, label)
             opts = options(cls, entry.options, label) if cls is not None else None
-            resolved.append(ResolvedComponent(entry.name, name, opts, entry.options, data,
-                                              getattr(entry, "role", None)))
+            role = None
+            if table == "evaluators":  # the suite's role, else the evaluator kind's own default
+                role = entry.role or getattr(cls, "default_role", "general")
+            resolved.append(ResolvedComponent(entry.name, name, opts, entry.options, data, role))
         return resolved
 
     tuners = entries("tuners", "tuner", "method")

@@ -88,3 +88,90 @@ def test_batched_generation_equals_one_at_a_time(backend):
         backend.options.batch_size = 4
     assert together == alone
     assert all(isinstance(text, str) for text in together)
+
+
+def test_few_shot_and_batch_size_reach_lm_eval(tmp_path, tiny_model, backend):
+    """num_fewshot, limit and batch_size pass through: the stored metrics equal lm-eval's own
+    run with the same settings, and the backend's batch size is restored afterwards."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    data = write_jsonl(tmp_path / "task.jsonl", MC_ROWS)
+    options = BenchmarkOptions(num_fewshot=2, limit=4, batch_size=1)
+    spec = EvaluatorSpec("task", "benchmark", "general", str(data), 0)
+    result = BenchmarkEvaluator(spec, options).evaluate(backend)
+    assert backend.lm_eval_model().batch_size_per_gpu == 4
+    assert all(s.prompt.count("Question:") == 3 for s in result.samples)  # two shots + the item
+
+    lm = HFLM(pretrained=str(tiny_model.path), device="cpu", batch_size=1, dtype="float32")
+    reference = simple_evaluate(model=lm, tasks=[task_config_for_jsonl("task", data, options)],
+                                num_fewshot=2, limit=4, verbosity="ERROR", random_seed=0,
+                                numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    expected = reference["results"]["harness_task"]
+    stored = {m.name: m.value for m in result.metrics}
+    assert stored["acc"] == expected["acc,none"] and stored["acc_norm"] == expected["acc_norm,none"]
+    assert len(result.samples) == 4
+
+
+def test_lm_eval_task_without_its_data_names_task_and_dataset(backend):
+    spec = EvaluatorSpec("hs", "benchmark", "general", "lm_eval:hellaswag", 0)
+    with pytest.raises(RuntimeError, match=r"lm-eval task 'hellaswag' could not run: .*Rowan/hellaswag"):
+        BenchmarkEvaluator(spec, BenchmarkOptions(limit=2)).evaluate(backend)
+
+
+REFERENCE = r"""
+import json, sys
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+lm = HFLM(pretrained=sys.argv[1], device="cpu", batch_size=4, dtype="float32")
+out = simple_evaluate(model=lm, tasks=["arc_easy"], verbosity="ERROR", random_seed=0,
+                      numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+print(json.dumps(out["results"]["arc_easy"]))
+"""
+
+
+def test_lm_eval_task_by_name_runs_where_its_data_loads(tmp_path, tiny_model):
+    """`harness run` with data = "lm_eval:arc_easy": lm-eval finds the task by name and its
+    dataset (allenai/ai2_arc, written here into an offline cache); the stored metrics equal
+    lm-eval's own run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from harness.store import query
+
+    from .offline_datasets import arc_rows, install_offline_dataset
+
+    rows = arc_rows()
+    env = {**os.environ, **install_offline_dataset(
+        tmp_path, "allenai/ai2_arc", "ARC-Easy", {"train": rows, "validation": rows, "test": rows})}
+    suite = tmp_path / "arc.toml"
+    suite.write_text(f"""
+[suite]
+name = "arc"
+store = "arc.duckdb"
+
+[[models]]
+name = "tiny"
+source = "{tiny_model.path}"
+
+[[evaluators]]
+name = "arc"
+kind = "benchmark"
+data = "lm_eval:arc_easy"
+""")
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, stored = query(tmp_path / "arc.duckdb", "SELECT metric, value, stderr, n FROM metrics")
+    reference = json.loads(subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(tiny_model.path)], env=env, capture_output=True,
+        text=True, check=True).stdout.strip().splitlines()[-1])
+    values = {metric: (value, stderr, n) for metric, value, stderr, n in stored}
+    assert values["acc"][:2] == (reference["acc,none"], reference["acc_stderr,none"])
+    assert values["acc_norm"][:2] == (reference["acc_norm,none"], reference["acc_norm_stderr,none"])
+    assert values["acc"][2] == len(rows)
+    _, outputs = query(tmp_path / "arc.duckdb", "SELECT item_id, output FROM samples ORDER BY item_index")
+    texts = {row["id"]: row["choices"]["text"] for row in rows}
+    assert len(outputs) == len(rows) and all(out in texts[item] for item, out in outputs)

@@ -100,6 +100,29 @@ def test_schema_version_is_checked(store):
         store.initialise()
 
 
+def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
+    """Version 1 had no cells.info and no alerts table: opening it adds both, keeps the cells,
+    and records version 2."""
+    import duckdb
+
+    _cell(store, "c1", "base", "e", 0.5)
+    con = duckdb.connect(str(store.path))
+    con.execute("DROP TABLE alerts")
+    con.execute("ALTER TABLE cells DROP COLUMN info")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    store.initialise()
+    _, rows = query(store.path, "SELECT cell_key, info FROM cells")
+    assert rows == [("c1", None)]
+    _, version = query(store.path, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [("2",)]
+    _cell(store, "c2", "base", "e2", 0.1)  # writes go on, with alerts possible
+    store.record_cell({"cell_key": "c3", "status": "done", "info": '{"judge": "x"}'}, [], [],
+                      [{"metric": "kl_mean", "value": 1.0, "threshold": 0.25, "message": "m"}])
+    _, alerts = query(store.path, "SELECT cell_key, metric FROM alerts")
+    assert alerts == [("c3", "kl_mean")]
+
+
 def _hold_lock(path, seconds: float) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import duckdb, sys, time

@@ -7,7 +7,8 @@ itself is scored with the adapter layers disabled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import Field
@@ -129,40 +130,108 @@ class HFBackend:
         tok = self.tokenizer
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
-    def score_texts(self, texts: Sequence[str]) -> list[TokenScores]:
-        """Log-probability of every token of each text, given the texts before it.
+    def score_texts(self, texts: Sequence[str], stride: int | None = None) -> list[TokenScores]:
+        """Log-probability of every token of each text, given the tokens before it.
 
-        Texts longer than the context are cut to ``max_length`` tokens.
+        A text longer than the context is scored in windows of ``max_length`` tokens,
+        each predicting ``stride`` new tokens after the ones before them; by default
+        ``stride = max_length``, lm-eval's ``loglikelihood_rolling`` (disjoint windows).
+        The windows come from lm-eval's own ``get_rolling_token_windows``.
         """
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        width = self.max_length
+        stride = min(stride or width, width)
+        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        windows: list[tuple[int, list[int], list[int]]] = []  # (text index, input, targets)
+        for index, ids in enumerate(encoded):
+            pairs = get_rolling_token_windows(ids, self.prefix_token_id, width, width - stride + 1)
+            for context, predicted in map(make_disjoint_window, pairs):
+                windows.append((index, context + predicted[:-1], predicted))
+        picked = self._score_windows([(inputs, targets) for _, inputs, targets in windows])
+        logprobs: list[list[float]] = [[] for _ in texts]
+        for (index, _, _), values in zip(windows, picked):
+            logprobs[index].extend(values)
+        return [TokenScores(ids, values, len(text.encode("utf-8")))
+                for text, ids, values in zip(texts, encoded, logprobs)]
+
+    def _forward(self, rows: Sequence[list[int]]) -> Any:
+        """Logits (float32) at every position of right-padded rows."""
         import torch
 
-        encoded = [
-            self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-            for text in texts
-        ]
-        results: list[TokenScores] = []
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids.to(self.device),
+                                attention_mask=mask.to(self.device)).logits
+        return logits.float()
+
+    def _score_windows(self, windows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """For each (input, targets): log P(target) at the input's last len(targets) positions."""
+        results: list[list[float]] = []
         batch = self.options.batch_size
-        for start in range(0, len(encoded), batch):
-            chunk = encoded[start : start + batch]
-            rows = [[self.prefix_token_id, *ids] for ids in chunk]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                input_ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = input_ids[:, 1:].to(self.device)
-            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-            for i, ids in enumerate(chunk):
-                text = texts[start + i]
-                results.append(TokenScores(list(ids), picked[i, : len(ids)].tolist(),
-                                           len(text.encode("utf-8"))))
+        for start in range(0, len(windows), batch):
+            chunk = windows[start : start + batch]
+            logits = self._forward([inputs for inputs, _ in chunk]).cpu()
+            for row, (inputs, targets) in zip(logits, chunk):
+                positions = row[len(inputs) - len(targets) : len(inputs)]
+                picked = positions.gather(-1, _column(targets)).squeeze(-1)
+                results.append((picked - positions.logsumexp(-1)).tolist())
         return results
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
+        """Full next-token log-distributions over each continuation's tokens, given its prompt.
+
+        One float32 tensor ``[continuation tokens, vocabulary]`` per pair, on the CPU:
+        what token-level divergences between two models need (the ``drift`` evaluator).
+        """
+        results: list[Any] = []
+        rows = []
+        for prompt, continuation in pairs:
+            context = [self.prefix_token_id, *self._encode(prompt)]
+            target = self._encode(continuation)[: self.max_length - 1]
+            context = context[-(self.max_length - len(target)):]  # keep the prompt's end
+            rows.append((context + target, len(target)))
+        for start in range(0, len(rows), self.options.batch_size):
+            chunk = rows[start : start + self.options.batch_size]
+            logits = self._forward([ids[:-1] for ids, _ in chunk]).cpu()
+            for row, (ids, n) in zip(logits, chunk):
+                results.append(row[len(ids) - 1 - n : len(ids) - 1].log_softmax(-1))
+        return results
+
+    def chat_prompt(self, user_text: str) -> str:
+        """One user turn in the model's chat template, ready for the reply (the text itself
+        when the tokenizer has no template)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return user_text
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @contextmanager
+    def as_base(self) -> Iterator[None]:
+        """Score and generate with the untouched base while inside the block."""
+        active = self.active
+        if active is None or active.kind == "base":
+            yield
+            return
+        model = self.model
+        if active.kind == "adapter":
+            self._peft.base_model.disable_adapter_layers()
+        self.model = self._base
+        try:
+            yield
+        finally:
+            self.model = model
+            if active.kind == "adapter":
+                self._peft.base_model.enable_adapter_layers()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int,
                  stop: Sequence[str] = ()) -> list[str]:
@@ -171,8 +240,9 @@ class HFBackend:
 
         outputs: list[str] = []
         tok = self.tokenizer
-        previous_side = tok.padding_side
+        previous = tok.padding_side, tok.truncation_side
         tok.padding_side = "left"
+        tok.truncation_side = "left"  # a prompt too long keeps its end, next to the answer
         try:
             for start in range(0, len(prompts), self.options.batch_size):
                 chunk = list(prompts[start : start + self.options.batch_size])
@@ -191,20 +261,47 @@ class HFBackend:
                             text = text[: text.index(marker)]
                     outputs.append(text)
         finally:
-            tok.padding_side = previous_side
+            tok.padding_side, tok.truncation_side = previous
         return outputs
 
     def lm_eval_model(self) -> Any:
         """An lm-eval ``HFLM`` around the model already in memory (made once per model)."""
         key = id(self.model)
         if key not in self._lm_eval:
-            from lm_eval.models.huggingface import HFLM
-
-            self._lm_eval[key] = HFLM(
+            self._lm_eval[key] = _quiet_hflm()(
                 pretrained=self.model, tokenizer=self.tokenizer,
                 batch_size=self.options.batch_size, max_length=self.options.max_length,
             )
         return self._lm_eval[key]
+
+
+def _quiet_hflm() -> type:
+    """lm-eval's ``HFLM``, whose request loops honour ``TQDM_DISABLE`` (which ``harness run``
+    sets under its own progress display): lm-eval passes ``disable_tqdm=False`` explicitly."""
+    import os
+
+    from lm_eval.models.huggingface import HFLM
+
+    if not os.environ.get("TQDM_DISABLE"):
+        return HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm=True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm=True):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+def _column(values: list[int]) -> Any:
+    import torch
+
+    return torch.tensor(values).unsqueeze(-1)
 
 
 @harness.hookimpl

@@ -37,6 +37,8 @@ class BenchmarkOptions(Options):
     metric: str | None = Field(default=None, description="the primary metric; default: the first")
     apply_chat_template: bool = False
     max_gen_toks: int = Field(default=32, gt=0)
+    batch_size: int | None = Field(default=None, gt=0,
+                                   description="requests per batch; default: the backend's")
 
 
 class ItemRow(DataRow):
@@ -125,9 +127,13 @@ class BenchmarkEvaluator:
 
         task, manager = self._task()
         task_label = task if isinstance(task, str) else task["task"]
+        lm = backend.lm_eval_model()
+        default_batch = getattr(lm, "batch_size_per_gpu", None)
+        if self.options.batch_size and default_batch is not None:
+            lm.batch_size_per_gpu = self.options.batch_size  # HFLM's own batch setting
         try:
             output = simple_evaluate(
-                model=backend.lm_eval_model(),
+                model=lm,
                 tasks=[task],
                 task_manager=manager,
                 num_fewshot=self.options.num_fewshot,
@@ -142,7 +148,10 @@ class BenchmarkEvaluator:
             )
         except Exception as exc:
             raise RuntimeError(f"lm-eval task {task_label!r} could not run: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        finally:
+            if default_batch is not None:
+                lm.batch_size_per_gpu = default_batch
         return self._collect(output)
 
     def _collect(self, output: dict[str, Any]) -> EvalResult:
@@ -193,9 +202,12 @@ class BenchmarkEvaluator:
                 if responses and isinstance(responses[0], (list, tuple)):
                     # multiple choice: one (log-likelihood, is-greedy) per choice
                     logprobs = [float(r[0]) for r in responses]
-                    choices = doc.get("choices") or []
+                    # each request's continuation is that choice's text, as the task renders it
+                    choices = [a[1] if isinstance(a, (list, tuple)) and len(a) > 1 else None
+                               for a in arguments]
                     best = max(range(len(logprobs)), key=logprobs.__getitem__)
-                    output_text = choices[best] if best < len(choices) else str(best)
+                    chosen = choices[best] if best < len(choices) else None
+                    output_text = chosen.strip() if isinstance(chosen, str) else str(best)
                 else:
                     output_text = str(responses[0]) if responses else None
                 scores = {k: v for k, v in item.items()
@@ -211,6 +223,11 @@ class BenchmarkEvaluator:
                     extra={"task": task_name, "doc_id": item.get("doc_id"), **scores},
                 ))
         return samples
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 @harness.hookimpl

@@ -49,9 +49,8 @@ class ConsoleReporter:
             [context.suite_name],
         )
         if rows:
-            context.console.print(render_table(
-                "Forgetting (general abilities; forgetting > 0 = worse than base)", columns, rows
-            ))
+            title = "Forgetting (general and safety evaluators; forgetting > 0 = worse than base)"
+            context.console.print(render_table(title, columns, rows))
 
 
 @harness.hookimpl
