@@ -45,6 +45,19 @@ def tiny_model(tiny_model_path: Path):
                          fingerprint(tiny_model_path))
 
 
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    """The HF backend holding the tiny model, base active (one per test module)."""
+    from harness.components import Variant
+    from harness_plugins.backends.hf import HFBackend, HFOptions
+
+    backend = HFBackend(HFOptions(batch_size=4))
+    backend.load(tiny_model)
+    backend.activate(Variant("base", "k", tiny_model, "base"))
+    yield backend
+    backend.close()
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.components import EvaluatorSpec, Variant
+from harness.components import EvaluatorSpec
 from harness.errors import DataError
-from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.evaluators.benchmark import (
     BenchmarkEvaluator,
     BenchmarkOptions,
@@ -17,15 +16,6 @@ from .conftest import MC_ROWS, write_jsonl
 
 GEN_ROWS = [{"id": f"g{i}", "question": f"Say the number {i}.", "answer": str(i)}
             for i in range(4)]
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model):
-    backend = HFBackend(HFOptions(batch_size=4))
-    backend.load(tiny_model)
-    backend.activate(Variant("base", "k", tiny_model, "base"))
-    yield backend
-    backend.close()
 
 
 def _reference(tiny_model, config):

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 import harness
-from harness.components import EvalResult, Metric, Options
+from harness.components import Options
 from harness.models import resolve_model
 from harness.plugins import PluginHost
 from harness.runner import make_plan, run_suite
