@@ -25,6 +25,11 @@ def _id_as_text(value: object) -> object:
 ItemId = Annotated[str, BeforeValidator(_id_as_text)]
 
 
+#: one row (one line) may hold at most this many bytes: a larger one is almost surely a
+#: whole file written onto one line, and would be read into memory whole
+MAX_ROW_BYTES = 8 * 1024 * 1024
+
+
 class DataRow(BaseModel):
     """Base for row schemas; unknown keys are kept (ids, metadata)."""
 
@@ -42,6 +47,9 @@ def read_jsonl(path: str | Path, schema: type[Row]) -> list[tuple[int, Row]]:
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_ROW_BYTES:
+            raise DataError(path, number, f"row is {len(line):,} bytes; a row may hold at most "
+                                          f"{MAX_ROW_BYTES:,} (one JSON object per line)")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:

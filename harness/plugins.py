@@ -142,6 +142,9 @@ class PluginHost:
         self._infos = infos
         self._registry: dict[str, dict[str, Registration]] | None = None
         self._registration_problems: list[str] = []
+        self.strict = False
+        #: lifecycle hook calls that raised, one line each (the run went on)
+        self.hook_errors: list[str] = []
 
     # -- construction ---------------------------------------------------------
 
@@ -184,6 +187,7 @@ class PluginHost:
             pm.trace.root.setwriter(sys.stderr.write)
             pm.enable_tracing()
         host = cls(pm, infos)
+        host.strict = strict
         if strict:
             host.registry()  # a raising registration hook is fatal too
             failed = [info for info in infos.values() if info.error]
@@ -279,20 +283,41 @@ class PluginHost:
 
     # -- lifecycle --------------------------------------------------------------
 
+    # Lifecycle hooks are for observers. Each implementation is called on its own, so
+    # that one that raises is named and the others (and the run) go on; in strict mode
+    # (HARNESS_STRICT_PLUGINS=1) it stops the run instead, as a one-line error.
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        caller = getattr(self.pm.hook, hook)
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            caller(**kwargs)  # wrappers need pluggy's own call loop
+            return
+        for impl in reversed(impls):  # pluggy's own order: last registered first
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:  # an observer's bug must not cost the run
+                message = (f"plugin {impl.plugin_name!r} raised in {hook}: "
+                           f"{type(exc).__name__}: {exc}")
+                if self.strict:
+                    raise UserError(message) from exc
+                self.hook_errors.append(message)
+                print(f"harness: warning: {message} (the run goes on)", file=sys.stderr)
+
     def run_started(self, run: RunInfo) -> None:
-        self.pm.hook.harness_run_started(run=run)
+        self._notify("harness_run_started", run=run)
 
     def cell_started(self, cell: CellPlan) -> None:
-        self.pm.hook.harness_cell_started(cell=cell)
+        self._notify("harness_cell_started", cell=cell)
 
     def cell_finished(self, cell: CellPlan, outcome: CellOutcome) -> None:
-        self.pm.hook.harness_cell_finished(cell=cell, outcome=outcome)
+        self._notify("harness_cell_finished", cell=cell, outcome=outcome)
 
     def drift_alert(self, cell: CellPlan, alert: Alert) -> None:
-        self.pm.hook.harness_drift_alert(cell=cell, alert=alert)
+        self._notify("harness_drift_alert", cell=cell, alert=alert)
 
     def run_finished(self, run: RunInfo, summary: RunSummary) -> None:
-        self.pm.hook.harness_run_finished(run=run, summary=summary)
+        self._notify("harness_run_finished", run=run, summary=summary)
 
 
 def _load_entry_points(

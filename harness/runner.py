@@ -39,7 +39,7 @@ from harness.components import (
 )
 from harness.models import resolve_evaluator_models, resolve_model
 from harness.plugins import PluginHost
-from harness.store import Store
+from harness.store import Store, lock_timeout_from_env, run_lock
 from harness.suite import NAMED_REFERENCE, ResolvedComponent, Suite, load_suite
 
 # -- content hashes -------------------------------------------------------------
@@ -279,9 +279,10 @@ def _quiet_libraries() -> None:
 def _tune(variant: VariantPlan, seed: int, emit: Callable[[Any], None]) -> Variant:
     tuner = variant.tuner_class(variant.tuner.options)
     final_dir = variant.output_dir
+    # The staging folder is the variant's own (its key is in the name): a run that was
+    # killed while tuning left its checkpoints there, and tuners that write them resume.
     staging = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True, exist_ok=True)
     emit(TuningStarted(variant))
     _seed_everything(seed)
     job = TuneJob(
@@ -292,8 +293,8 @@ def _tune(variant: VariantPlan, seed: int, emit: Callable[[Any], None]) -> Varia
     )
     try:
         result = tuner.tune(job)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)  # a failure starts again from scratch
         raise
     # Only a complete adapter or weights folder gets the final name.
     shutil.rmtree(final_dir, ignore_errors=True)
@@ -504,7 +505,22 @@ def run_suite(
     models = [resolve_model(entry, host, suite.base_dir) for entry in suite.models]
     plan = make_plan(suite, models, host, resolve_evaluator_models(suite, host))
 
+    def waiting() -> None:
+        console.print(f"[yellow]waiting[/yellow] for {suite.store_path}: another harness run is "
+                      f"using it (up to {timeout:.0f} s)")
+
+    timeout = lock_timeout_from_env()
+    with run_lock(suite.store_path, timeout, on_wait=waiting):
+        return _run_locked(suite, plan, models, host, console, show_progress, clock)
+
+
+def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: PluginHost,
+                console: Console, show_progress: bool, clock: float) -> RunSummary:
     store = Store(suite.store_path)
+    abandoned = store.mark_abandoned_runs()
+    if abandoned:
+        console.print(f"{abandoned} earlier run(s) of this store ended without finishing "
+                      "(marked 'killed'); their finished cells are kept")
     finished = store.finished_cells([c.key for c in plan.cells])
     pending = [c for c in plan.cells if c.key not in finished]
     summary = RunSummary(planned=len(plan.cells), cached=len(finished))

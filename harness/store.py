@@ -9,6 +9,7 @@ Both sides retry while the other holds the lock.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -183,7 +184,8 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "being used by another process" in text
 
 
-def connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, *, read_only: bool, timeout: float,
+            config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
     """Open the store, waiting up to ``timeout`` seconds while another process holds it."""
     if read_only and not path.exists():
         raise UserError(f"{path}: no such store (run a suite first)")
@@ -191,7 +193,7 @@ def connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyCo
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
                 raise UserError(f"{path}: cannot open store: {exc}") from None
@@ -201,6 +203,46 @@ def connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyCo
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def lock_timeout_from_env(default: float = 60.0) -> float:
+    value = os.environ.get("HARNESS_LOCK_TIMEOUT")
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise UserError(f"HARNESS_LOCK_TIMEOUT={value!r}: expected a number of seconds") from None
+
+
+@contextmanager
+def run_lock(store_path: Path, timeout: float, on_wait: Any = None) -> Iterator[None]:
+    """Hold ``<store>.lock`` for a whole run: one ``harness run`` per store at a time.
+
+    The DuckDB file itself is opened only for each write, so that ``harness sql`` can
+    read between them; this lock (filelock's, released by the OS if the process dies)
+    is what keeps a second run out. ``on_wait`` is called once if the lock is taken.
+    """
+    from filelock import FileLock, Timeout
+
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(store_path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise StoreLockedError(
+                f"{store_path}: another harness run is using this store (still busy after "
+                f"{timeout:.0f} s; HARNESS_LOCK_TIMEOUT sets the wait)"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Store:
@@ -264,6 +306,19 @@ class Store:
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?, 0, 0, NULL)",
                 [run_id, suite, str(suite_path), version, _now(), planned, cached],
             )
+
+    def mark_abandoned_runs(self) -> int:
+        """Runs still marked ``running`` died without finishing (the caller holds the run
+        lock, so none of them is alive): mark them ``killed``. Returns how many."""
+        if not self.path.exists():
+            return 0
+        with self._write() as con:
+            tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+            if "runs" not in tables:
+                return 0
+            count = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
+            return int(count)
 
     def finish_run(self, run_id: str, status: str, done: int, failed: int, seconds: float) -> None:
         with self._write() as con:
@@ -356,16 +411,29 @@ class Store:
                 )
 
 
+#: what a user's query may not do: write (the connection is read-only), or reach outside the
+#: store: ATTACH, COPY TO, reading or writing files, installing extensions. DuckDB enforces
+#: both, and ``lock_configuration`` stops a statement from switching them back on.
+QUERY_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+
+
 def query(path: Path, sql: str, params: Sequence[Any] = (),
           timeout: float = 30.0) -> tuple[list[str], list[tuple]]:
-    """Run one statement on a read-only connection; return column names and rows."""
-    with Store(path, lock_timeout=timeout).read() as con:
+    """Run one statement on a read-only, sandboxed connection; return columns and rows."""
+    con = connect(Path(path), read_only=True, timeout=timeout, config=QUERY_CONFIG)
+    try:
         try:
             cursor = con.execute(sql, list(params))
         except duckdb.Error as exc:
             first_line = str(exc).splitlines()[0]
+            if isinstance(exc, duckdb.PermissionException) or "read-only" in first_line \
+                    or "configuration has been locked" in first_line:
+                raise UserError(f"query refused: queries may only read the store ({first_line})") \
+                    from None
             raise UserError(f"query failed: {first_line}") from None
         if cursor.description is None:
             return [], []
         columns = [d[0] for d in cursor.description]
         return columns, cursor.fetchall()
+    finally:
+        con.close()

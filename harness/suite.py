@@ -162,7 +162,11 @@ def load_suite(path: str | Path, host: PluginHost) -> Suite:
         lines = []
         for error in exc.errors():
             label, field = _where(raw, tuple(error["loc"]))
-            lines.append(_line(path, label, field, error["msg"].removeprefix("Value error, ")))
+            message = error["msg"].removeprefix("Value error, ")
+            if error["loc"] in (("models",), ("evaluators",)) and error["type"] in (
+                    "missing", "too_short"):  # an empty matrix
+                message = f"at least one {label} entry is required"
+            lines.append(_line(path, label, field, message))
         raise UserError(*lines) from None
     return _resolve(path, parsed, host)
 
@@ -226,6 +230,14 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
             cls = component(kind, name, label, field)
             data = data_path(entry.data, label)
             opts = options(cls, entry.options, label) if cls is not None else None
+            file = Path(data)
+            if opts is not None and hasattr(cls, "check_data") and file.is_file() \
+                    and file.stat().st_size > 0:
+                try:  # every row of a data file is read now, before anything runs
+                    cls.check_data(file, opts)
+                except UserError as exc:
+                    for line in exc.lines:
+                        problem(label, "data", line)
             role = None
             if table == "evaluators":  # the suite's role, else the evaluator kind's own default
                 role = entry.role or getattr(cls, "default_role", "general")

@@ -17,7 +17,9 @@ import harness
 from harness.components import Options
 from harness.models import resolve_model
 from harness.plugins import PluginHost
+from harness.errors import UserError
 from harness.runner import make_plan, run_suite
+from harness.store import query
 from harness.suite import load_suite
 
 from .conftest import small_suite, write_jsonl
@@ -231,19 +233,53 @@ def test_failing_cell_is_recorded_others_go_on_and_hooks_fire(tmp_path, tiny_mod
     assert (summary.cached, summary.done, summary.failed) == (2, 0, 1)
 
 
-def test_failed_tuning_fails_its_cells_and_names_the_bad_row(tmp_path, tiny_model_path):
+def test_a_bad_training_row_stops_the_run_before_anything_is_written(tmp_path):
     path = small_suite(tmp_path)
     with (tmp_path / "data" / "sft.jsonl").open("a") as handle:
         handle.write('{"prompt": "only a prompt"}\n')
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"harness: error: {path}: [[tuners]] #1 ('lora-a') field 'data': "
+        f"{tmp_path / 'data' / 'sft.jsonl'}:17: a row needs 'messages', or both 'prompt' and "
+        "'completion'")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists()  # nothing written, not even a lock
+
+
+class BrokenTuner:
+    """A tuner that fails at run time (after validation), halfway through writing."""
+
+    Options = Options
+
+    def __init__(self, options):
+        pass
+
+    def tune(self, job):
+        (job.output_dir / "adapter").mkdir()
+        (job.output_dir / "adapter" / "half.safetensors").write_bytes(b"half")
+        raise RuntimeError("the GPU fell off")
+
+
+class BrokenTunerPlugin:
+    @harness.hookimpl
+    def harness_register_tuners(self, register):
+        register("broken", BrokenTuner)
+
+
+def test_failed_tuning_fails_its_cells_and_leaves_nothing_half_written(tmp_path):
+    path = small_suite(tmp_path)
+    text = path.read_text().replace('method = "lora"', 'method = "broken"')
+    path.write_text(text.replace("options = { r = 4, alpha = 8, steps = 3, lr = 1e-2, "
+                                 "batch_size = 4, max_length = 64 }", ""))
+    host = PluginHost.load(entry_points=False, extra_plugins=[BrokenTunerPlugin()])
     summary = run_suite(path, console=Console(file=open(os.devnull, "w")), show_progress=False,
-                        host=PluginHost.load(entry_points=False))
+                        host=host)
     assert (summary.done, summary.failed) == (2, 2)  # the base cells still ran
     con = duckdb.connect(str(tmp_path / "results" / "small.duckdb"), read_only=True)
     status, error = con.execute("SELECT status, error FROM variants").fetchone()
-    assert status == "failed"
-    assert error.startswith("tuning 'lora-a' failed: DataError: ")
-    assert error.endswith("sft.jsonl:17: a row needs 'messages', or both 'prompt' and "
-                          "'completion'")
+    assert (status, error) == ("failed", "tuning 'lora-a' failed: RuntimeError: the GPU fell off")
     errors = con.execute("SELECT DISTINCT error FROM cells WHERE status = 'failed'").fetchall()
     assert errors == [(error,)]
     con.close()
@@ -343,3 +379,48 @@ def test_components_of_every_kind_come_from_plugins_and_the_base_loads_once(tmp_
     assert CALLS["reports"] == [summary.run_id]
     lines = (tmp_path / "results" / "leaderboard.csv").read_text().splitlines()
     assert lines[0] == "variant,evaluator,value" and len(lines) == 5
+
+
+class RaisingObserver:
+    """An observer with a bug in one lifecycle hook."""
+
+    @harness.hookimpl
+    def harness_cell_finished(self, cell, outcome):
+        raise KeyError("oops")
+
+
+def test_a_raising_observer_is_named_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    path = small_suite(tmp_path, tuners=False)
+    recorder = Recorder(tmp_path / "results" / "small.duckdb")
+    host = PluginHost.load(entry_points=False, extra_plugins=[RaisingObserver(), recorder])
+    summary = run_suite(path, host=host, console=Console(file=open(os.devnull, "w")),
+                        show_progress=False)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert "cell_finished:text:done" in recorder.events  # the other observer still heard it
+    assert host.hook_errors == ["plugin 'RaisingObserver' raised in harness_cell_finished: "
+                                "KeyError: 'oops'"] * 2
+    assert "harness: warning: plugin 'RaisingObserver' raised in harness_cell_finished" in \
+        capsys.readouterr().err
+
+    # strict mode: the same bug stops the run with one clear error; stored cells stay
+    strict = PluginHost.load(entry_points=False, extra_plugins=[RaisingObserver()], strict=True)
+    path.write_text(path.read_text().replace('seed = 0', 'seed = 1'))
+    with pytest.raises(UserError, match="plugin 'RaisingObserver' raised in harness_cell_finished"):
+        run_suite(path, host=strict, console=Console(file=open(os.devnull, "w")),
+                  show_progress=False)
+    _, rows = query(tmp_path / "results" / "small.duckdb",
+                    "SELECT count(*) FROM cells WHERE status = 'done'")
+    assert rows == [(3,)]  # the two of the first run, and the one the strict run finished
+
+
+def test_secrets_in_the_environment_never_reach_the_store(tmp_path, monkeypatch):
+    secret = "hf_SECRET_7c1e9d0b2a4f"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    path = small_suite(tmp_path)
+    run_suite(path, host=PluginHost.load(entry_points=False),
+              console=Console(file=open(os.devnull, "w")), show_progress=False)
+    results = tmp_path / "results"
+    for file in results.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file

@@ -90,6 +90,23 @@ def test_sql_is_read_only(store):
         query(store.path.with_name("missing.duckdb"), "SELECT 1")
 
 
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO meta VALUES ('k', 'v')",
+    "DROP TABLE cells",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "COPY (SELECT 1) TO '{tmp}/out.csv'",
+    "SELECT * FROM read_csv('{tmp}/secret.csv')",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+])
+def test_sql_cannot_write_or_reach_outside_the_store(store, tmp_path, statement):
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    with pytest.raises(UserError, match="query refused: queries may only read the store"):
+        query(store.path, statement.format(tmp=tmp_path))
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()
+    assert query(store.path, "SELECT count(*) FROM cells")[1] == [(0,)]  # views and tables still read
+
+
 def test_schema_version_is_checked(store):
     import duckdb
 
@@ -152,3 +169,38 @@ def test_lock_held_too_long_is_a_clear_error(store):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_run_waits_visibly_then_fails_cleanly(tmp_path):
+    """While one run holds the store, another says it waits, gives up after
+    HARNESS_LOCK_TIMEOUT with exit status 2, and writes nothing."""
+    import os
+
+    from .conftest import small_suite
+
+    suite = small_suite(tmp_path, tuners=False)
+    lock = tmp_path / "results" / "small.duckdb.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from filelock import FileLock
+        import time
+        with FileLock({str(lock)!r}):
+            print("locked", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite)],
+                              capture_output=True, text=True,
+                              env={**os.environ, "HARNESS_LOCK_TIMEOUT": "1"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2
+    assert "waiting for" in done.stdout and "another harness run is using it" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"harness: error: {tmp_path / 'results' / 'small.duckdb'}: another harness run is using "
+        "this store (still busy after 1 s; HARNESS_LOCK_TIMEOUT sets the wait)")
+    assert 1 <= time.monotonic() - started < 60
+    assert not (tmp_path / "results" / "small.duckdb").exists()  # nothing written

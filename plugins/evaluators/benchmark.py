@@ -105,6 +105,12 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> d
 class BenchmarkEvaluator:
     Options = BenchmarkOptions
 
+    @classmethod
+    def check_data(cls, path: Path, options: BenchmarkOptions) -> None:
+        """The offline JSONL format is read and checked when the suite is validated."""
+        if path.is_file():
+            task_config_for_jsonl("check", path, options)
+
     def __init__(self, spec: EvaluatorSpec, options: BenchmarkOptions) -> None:
         self.spec, self.options = spec, options
 

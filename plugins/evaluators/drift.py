@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -146,6 +147,11 @@ def embed(texts: Sequence[str]) -> Any:
 class DriftEvaluator:
     Options = DriftOptions
     default_role = "monitor"
+
+    @classmethod
+    def check_data(cls, path: Path, options: Any) -> None:
+        """Every row is read when the suite is validated (a bad one names its line)."""
+        read_jsonl(path, DriftRow)
 
     def __init__(self, spec: EvaluatorSpec, options: DriftOptions) -> None:
         self.spec, self.options = spec, options

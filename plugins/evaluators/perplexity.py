@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -49,6 +51,11 @@ def count_words(text: str) -> int:
 
 class PerplexityEvaluator:
     Options = PerplexityOptions
+
+    @classmethod
+    def check_data(cls, path: Path, options: Any) -> None:
+        """Every row is read when the suite is validated (a bad one names its line)."""
+        read_jsonl(path, TextRow)
 
     def __init__(self, spec: EvaluatorSpec, options: PerplexityOptions) -> None:
         self.spec, self.options = spec, options

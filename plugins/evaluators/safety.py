@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -254,6 +255,11 @@ class SafetyEvaluator:
     @classmethod
     def required_models(cls, options: SafetyOptions) -> dict[str, str]:
         return {"guard": options.guard}
+
+    @classmethod
+    def check_data(cls, path: Path, options: Any) -> None:
+        """Every row is read when the suite is validated (a bad one names its line)."""
+        read_jsonl(path, SafetyRow)
 
     def __init__(self, spec: EvaluatorSpec, options: SafetyOptions) -> None:
         self.spec, self.options = spec, options

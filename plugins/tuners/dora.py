@@ -9,6 +9,7 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
+from harness_plugins.tuners.rows import SFTRow
 from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
 
 
@@ -18,6 +19,7 @@ class DoraOptions(AdapterOptions):
 
 class DoraTuner(BaseTuner):
     Options = DoraOptions
+    Rows = SFTRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job),

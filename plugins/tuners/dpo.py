@@ -57,6 +57,7 @@ class DPOOptions(AdapterOptions):
 
 class DPOTuner(BaseTuner):
     Options = DPOOptions
+    Rows = PreferenceRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported

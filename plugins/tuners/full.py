@@ -12,6 +12,7 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
+from harness_plugins.tuners.rows import SFTRow
 from harness_plugins.tuners.training import BaseTuner, TrainingOptions, load_model_for
 
 
@@ -21,6 +22,7 @@ class FullOptions(TrainingOptions):
 
 class FullTuner(BaseTuner):
     Options = FullOptions
+    Rows = SFTRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job), peft_config=None,

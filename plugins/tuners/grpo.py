@@ -151,6 +151,7 @@ def trl_reward_function(reward: Any, name: str) -> Any:
 
 class GRPOTuner(BaseTuner):
     Options = GRPOOptions
+    Rows = PromptRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         from datasets import Dataset

@@ -44,6 +44,7 @@ def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,
 
 class LoraTuner(BaseTuner):
     Options = LoraOptions
+    Rows = SFTRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, load_model_for(job), lora_config(self.options))

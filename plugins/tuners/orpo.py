@@ -36,6 +36,7 @@ class ORPOOptions(AdapterOptions):
 
 class ORPOTuner(BaseTuner):
     Options = ORPOOptions
+    Rows = PreferenceRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported

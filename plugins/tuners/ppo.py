@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
 import harness
 from harness.components import TuneJob, TuneResult
+from harness.data import read_jsonl
 from harness.errors import DataError, UserError
 
 from harness_plugins.tuners.grpo import make_reward, message_text, read_prompts, write_log
@@ -62,7 +64,7 @@ from harness_plugins.tuners.records import (
     record_callback,
     training_record,
 )
-from harness_plugins.tuners.rows import PreferenceRow, load_rows
+from harness_plugins.tuners.rows import PreferenceRow, PromptRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
     BaseTuner,
@@ -105,6 +107,13 @@ class PPOOptions(AdapterOptions):
     whiten_rewards: bool = False
     missing_eos_penalty: float | None = Field(
         default=None, gt=0, description="subtracted from the score of a rollout without EOS")
+
+    @model_validator(mode="after")
+    def _no_checkpoints(self) -> PPOOptions:
+        if self.checkpoint_every is not None:
+            raise ValueError("checkpoint_every: ppo runs trl's own PPO loop, which cannot resume "
+                             "from a checkpoint; leave it unset")
+        return self
 
     @model_validator(mode="after")
     def _batches_fit(self) -> PPOOptions:
@@ -254,8 +263,6 @@ def train_reward_model(job: TuneJob, options: PPOOptions, tokenizer: Any) -> tup
 
 def pair_accuracy(reward: Any, job: TuneJob) -> float:
     """Share of preference rows whose chosen completion the reward scores above the rejected one."""
-    from harness.data import read_jsonl
-
     rows = [row.conversational() for _, row in read_jsonl(job.data, PreferenceRow)]
     prompts = [message_text(r["prompt"]) for r in rows]
     chosen = reward(prompts, [message_text(r["chosen"]) for r in rows])
@@ -268,6 +275,12 @@ def pair_accuracy(reward: Any, job: TuneJob) -> float:
 
 class PPOTuner(BaseTuner):
     Options = PPOOptions
+    Rows = PreferenceRow
+
+    @classmethod
+    def check_data(cls, path: Path, options: PPOOptions) -> None:
+        # with a registered reward, prompts are enough; otherwise pairs train the reward model
+        read_jsonl(path, PromptRow if options.reward else PreferenceRow)
 
     def tune(self, job: TuneJob) -> TuneResult:
         import torch

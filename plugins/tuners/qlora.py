@@ -14,6 +14,7 @@ import harness
 from harness.components import TuneJob, TuneResult
 
 from harness_plugins.tuners.lora import train_sft
+from harness_plugins.tuners.rows import SFTRow
 from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
 
 
@@ -42,6 +43,7 @@ def quantised_base(job: TuneJob, options: QLoraOptions):
 
 class QLoraTuner(BaseTuner):
     Options = QLoraOptions
+    Rows = SFTRow
 
     def tune(self, job: TuneJob) -> TuneResult:
         return train_sft(job, self.options, quantised_base(job, self.options),

@@ -9,11 +9,13 @@ parameter counts) and saves the result as safetensors.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from harness.components import Options, TuneJob, TuneResult
+from harness.data import read_jsonl
 
 from harness_plugins.tuners.records import (
     PeakMemory,
@@ -37,6 +39,9 @@ class TrainingOptions(Options):
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(default=0.0, ge=0)
     gradient_checkpointing: bool = Field(default=False, description="trade compute for memory")
+    checkpoint_every: int | None = Field(
+        default=None, gt=0,
+        description="save a resumable checkpoint every N steps; a killed run resumes from the last")
 
 
 class AdapterOptions(TrainingOptions):
@@ -56,9 +61,17 @@ class BaseTuner:
     """
 
     Options: ClassVar[type[TrainingOptions]] = TrainingOptions
+    #: the row schema of the tuner's data (rows.py); checked when the suite is validated
+    Rows: ClassVar[Any] = None
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    @classmethod
+    def check_data(cls, path: Path, options: Any) -> None:
+        """Read every row of ``path`` (a bad one raises DataError naming line and field)."""
+        if cls.Rows is not None:
+            read_jsonl(path, cls.Rows)
 
     def tune(self, job: TuneJob) -> TuneResult:
         raise NotImplementedError
@@ -94,7 +107,11 @@ def trainer_args(config_class: Any, options: TrainingOptions, job: TuneJob, **ex
         weight_decay=options.weight_decay,
         gradient_checkpointing=options.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="no",
+        # a checkpoint holds the optimiser, scheduler and RNG states too, so that a run
+        # killed midway resumes where it was (transformers' own resume_from_checkpoint)
+        save_strategy="steps" if options.checkpoint_every else "no",
+        save_steps=options.checkpoint_every or 500,
+        save_total_limit=1,
         report_to="none",
         seed=job.seed,
         data_seed=job.seed,
@@ -126,10 +143,14 @@ def load_model_for(job: TuneJob, **kwargs: Any) -> Any:
 def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
                 recorder: Any) -> TuneResult:
     """Train, record what it cost, and save the adapter or the full weights as safetensors."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     quiet_trainer(trainer)
     trainable, total = count_parameters(trainer.model)
+    checkpoints = job.output_dir / "trainer"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     with PeakMemory() as memory:
-        state = trainer.train()
+        state = trainer.train(resume_from_checkpoint=resume)
     out = job.output_dir / save
     trainer.model.save_pretrained(out, safe_serialization=True)
     if save == "weights":
