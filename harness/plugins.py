@@ -60,6 +60,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.evaluators.safety",
     "harness_plugins.evaluators.drift",
     "harness_plugins.reporters.console",
+    "harness_plugins.reporters.mlflow",
 )
 
 COMPONENT_KINDS = tuple(hookspecs.REGISTRATION_HOOKS)

@@ -33,6 +33,8 @@ class SuiteSection(_Table):
     store: str | None = None
     seed: int = 0
     reporters: list[str] = ["console"]
+    #: distributions (plugins) the suite needs, as requirement strings: "pkg>=0.2"
+    requires: list[str] = []
 
 
 class ModelEntry(_Table):
@@ -171,6 +173,26 @@ def load_suite(path: str | Path, host: PluginHost) -> Suite:
     return _resolve(path, parsed, host)
 
 
+def unmet_requirement(text: str) -> str | None:
+    """Why an installed-distribution requirement ("harness-plugin-example>=0.1") is not
+    met, or None when it is. Uses packaging's requirement syntax and version rules."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        return f"{text!r} is not a requirement: {str(exc).splitlines()[0]}"
+    try:
+        installed = version(requirement.name)
+    except PackageNotFoundError:
+        return f"{text} is not installed (pip install {str(requirement)!r})"
+    if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+        return f"{text} is needed, {requirement.name} {installed} is installed"
+    return None
+
+
 def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
     host.registry()  # a plugin registering a name twice is one error, before any field
     problems: list[str] = []
@@ -178,6 +200,11 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
 
     def problem(label: str, field: str, message: str) -> None:
         problems.append(_line(path, label, field, message))
+
+    for requirement in parsed.suite.requires:
+        message = unmet_requirement(requirement)
+        if message:
+            problem("[suite]", "requires", message)
 
     for table in ("models", "tuners", "evaluators"):
         seen: dict[str, int] = {}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+
+from harness.testing import write_jsonl  # noqa: F401  (re-exported for the tests)
 
 # No test may reach a hub; the libraries' own progress bars only add noise.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,52 +17,20 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The fixtures plugin authors get from harness.testing (a pytest plugin installed with
+# harness): harness_cache, tiny_model_path, tiny_model, tiny_backend, run_harness.
+
+
 @pytest.fixture(scope="session", autouse=True)
-def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _isolated_cache(harness_cache: Path) -> Path:
     """Every test session builds its own tiny model in its own cache."""
-    cache = tmp_path_factory.mktemp("harness-cache")
-    previous = os.environ.get("HARNESS_CACHE")
-    os.environ["HARNESS_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("HARNESS_CACHE", None)
-    else:
-        os.environ["HARNESS_CACHE"] = previous
-
-
-@pytest.fixture(scope="session")
-def tiny_model_path(harness_cache: Path) -> Path:
-    from harness_plugins.sources.builtin import builtin_model_path
-
-    return builtin_model_path("tiny-random")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_model_path: Path):
-    from harness.components import ResolvedModel
-    from harness.models import fingerprint
-
-    return ResolvedModel("tiny", "builtin:tiny-random", tiny_model_path,
-                         fingerprint(tiny_model_path))
+    return harness_cache
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_model):
+def backend(tiny_backend):
     """The HF backend holding the tiny model, base active (one per test module)."""
-    from harness.components import Variant
-    from harness_plugins.backends.hf import HFBackend, HFOptions
-
-    backend = HFBackend(HFOptions(batch_size=4))
-    backend.load(tiny_model)
-    backend.activate(Variant("base", "k", tiny_model, "base"))
-    yield backend
-    backend.close()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return tiny_backend
 
 
 MC_ROWS = [

@@ -18,11 +18,11 @@ from harness.plugins import PluginHost, PluginLoadError
 
 def test_builtins_register_every_component_kind():
     host = PluginHost.load(entry_points=False)
-    assert "lora" in host.names("tuner")
-    assert {"benchmark", "perplexity"} <= set(host.names("evaluator"))
+    assert host.names("tuner") == ["dora", "dpo", "full", "grpo", "lora", "orpo", "ppo", "qlora"]
+    assert host.names("evaluator") == ["benchmark", "drift", "perplexity", "safety"]
     assert host.names("backend") == ["hf"]
     assert host.names("executor") == ["local"]
-    assert host.names("reporter") == ["console"]
+    assert host.names("reporter") == ["console", "mlflow"]
     assert host.names("model_source") == ["builtin", "hub", "local"]
     assert host.component("tuner", "lora").plugin == "tuners.lora"
 

@@ -1,0 +1,121 @@
+"""Fixtures for testing harness plugins, as a pytest plugin (entry point ``pytest11``).
+
+Installed with harness, so in any project that has harness installed these fixtures are
+available to tests without an import:
+
+``harness_cache`` (session)
+    a temporary model cache (``HARNESS_CACHE``), so tests never touch ``~/.cache``.
+``tiny_model`` (session)
+    the built-in ``tiny-random`` model (a 2-layer Llama with a locally trained
+    tokenizer) as a :class:`~harness.components.ResolvedModel`; built in about a second.
+``tiny_backend`` (module)
+    the ``hf`` backend holding ``tiny_model`` with its base active: call an evaluator's
+    ``evaluate(tiny_backend)`` directly.
+``harness_store`` (function)
+    a path for a temporary DuckDB store.
+``run_harness`` (function)
+    ``run_harness(suite_text, plugins=[...])`` writes the suite into the test's temporary
+    folder, runs it in-process with those plugin objects registered (besides the installed
+    ones), and returns a :class:`HarnessRun`: the summary, the store path and ``query``.
+
+Paths in the suite text are relative to the test's temporary folder; ``write_jsonl``
+puts data there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.components import ResolvedModel, Variant
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    """Write rows as JSONL (creating folders); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@dataclass
+class HarnessRun:
+    summary: Any  # harness.runner.RunSummary
+    store: Path
+    folder: Path
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        """Rows of a read-only query on the run's store."""
+        from harness.store import query
+
+        return query(self.store, sql, list(params))[1]
+
+
+@pytest.fixture(scope="session")
+def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Path]:
+    cache = tmp_path_factory.mktemp("harness-cache")
+    previous = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(harness_cache: Path) -> Path:
+    from harness_plugins.sources.builtin import builtin_model_path
+
+    return builtin_model_path("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_path: Path) -> ResolvedModel:
+    from harness.models import fingerprint
+
+    return ResolvedModel("tiny", "builtin:tiny-random", tiny_model_path,
+                         fingerprint(tiny_model_path))
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_model: ResolvedModel) -> Iterable[Any]:
+    from harness_plugins.backends.hf import HFBackend, HFOptions
+
+    backend = HFBackend(HFOptions(batch_size=4))
+    backend.load(tiny_model)
+    backend.activate(Variant("base", "base", tiny_model, "base"))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture()
+def harness_store(tmp_path: Path) -> Path:
+    return tmp_path / "results" / "test.duckdb"
+
+
+@pytest.fixture()
+def run_harness(tmp_path: Path, harness_cache: Path) -> Callable[..., HarnessRun]:
+    from rich.console import Console
+
+    from harness.plugins import PluginHost
+    from harness.runner import run_suite
+    from harness.suite import load_suite
+
+    def run(suite_text: str, plugins: Iterable[Any] = (), *,
+            entry_points: bool = True) -> HarnessRun:
+        path = tmp_path / "suite.toml"
+        path.write_text(suite_text, encoding="utf-8")
+        host = PluginHost.load(entry_points=entry_points, extra_plugins=list(plugins))
+        with open(os.devnull, "w") as quiet:
+            summary = run_suite(path, host=host, console=Console(file=quiet),
+                                show_progress=False)
+        store = load_suite(path, host).store_path
+        return HarnessRun(summary, store, tmp_path)
+
+    return run
