@@ -122,6 +122,29 @@ def _default_store() -> Path:
     return candidates[-1]
 
 
+def _store_for(store: Path | None, suite: Path | None) -> Path:
+    if store is None and suite is not None:
+        from harness.suite import read_toml
+
+        raw = read_toml(suite).get("suite", {})
+        name = raw.get("name", "suite")
+        store = (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve()
+    return store or _default_store()
+
+
+@main.command()
+@click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to export.")
+@click.option("--suite", type=click.Path(path_type=Path), help="Export this suite's store.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for the Parquet files (created if missing).")
+def export(store: Path | None, suite: Path | None, out: Path) -> None:
+    """Write every table and view of a store as Parquet, one file each, for other tools."""
+    from harness.store import export_parquet
+
+    files = export_parquet(_store_for(store, suite), out)
+    click.echo(f"{len(files)} files written to {out}: " + ", ".join(f.name for f in files))
+
+
 @main.command()
 @click.argument("statement")
 @click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to query.")
@@ -131,13 +154,7 @@ def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> Non
     """Run a read-only SQL STATEMENT on a store (tables, and views such as forgetting)."""
     from harness.store import query
 
-    if store is None and suite is not None:
-        from harness.suite import read_toml
-
-        raw = read_toml(suite).get("suite", {})
-        name = raw.get("name", "suite")
-        store = (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve()
-    store = store or _default_store()
+    store = _store_for(store, suite)
     columns, rows = query(store, statement)
     if fmt == "json":
         click.echo(json.dumps([dict(zip(columns, row)) for row in rows], default=str, indent=2))

@@ -437,3 +437,24 @@ def query(path: Path, sql: str, params: Sequence[Any] = (),
         return columns, cursor.fetchall()
     finally:
         con.close()
+
+
+def export_parquet(path: Path, out: Path, timeout: float = 30.0) -> list[Path]:
+    """Write every table and view of the store as ``<out>/<name>.parquet`` (DuckDB's own
+    Parquet writer); returns the files. The store is opened read-only."""
+    out.mkdir(parents=True, exist_ok=True)
+    con = connect(Path(path), read_only=True, timeout=timeout)
+    try:
+        names = [row[0] for row in con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'main' ORDER BY table_type, table_name").fetchall()]
+        files = []
+        for name in names:
+            target = out / f"{name}.parquet"
+            # names come from the store's own catalogue; the target path is quoted as a literal
+            con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{str(target).replace(chr(39), chr(39) * 2)}' "
+                        "(FORMAT parquet)")
+            files.append(target)
+        return files
+    finally:
+        con.close()
