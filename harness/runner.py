@@ -556,6 +556,7 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
                 summary.done, summary.failed = recorder.done, recorder.failed
                 summary.seconds = time.perf_counter() - clock
                 store.finish_run(run_id, status, summary.done, summary.failed, summary.seconds)
+        store.record_paired_tests(seed=suite.seed)  # significance for the forgetting view
         host.run_finished(info, summary)
     summary.seconds = time.perf_counter() - clock
 

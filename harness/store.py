@@ -21,7 +21,7 @@ import duckdb
 
 from harness.errors import StoreLockedError, UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one
 #: transaction when a newer harness opens an older store.
@@ -29,6 +29,7 @@ MIGRATIONS: dict[int, str] = {
     1: """
     ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON;
     """,  # version 2 added cells.info and the alerts table (created below if missing)
+    2: "SELECT 1",  # version 3 added the paired_tests table (created below if missing)
 }
 
 _TABLES = """
@@ -128,6 +129,17 @@ CREATE TABLE IF NOT EXISTS samples (
     logprobs DOUBLE[],
     extra JSON
 );
+-- a variant's cell against its base's cell on the same items (harness/stats.py)
+CREATE TABLE IF NOT EXISTS paired_tests (
+    variant_cell_key VARCHAR,
+    base_cell_key VARCHAR,
+    test VARCHAR,
+    n INTEGER,
+    delta DOUBLE,
+    ci_low DOUBLE,
+    ci_high DOUBLE,
+    p_value DOUBLE
+);
 -- thresholds a cell's metrics crossed (drift monitors); replaced with the cell
 CREATE TABLE IF NOT EXISTS alerts (
     cell_key VARCHAR,
@@ -157,19 +169,21 @@ FROM latest_scores s LEFT JOIN variants v ON v.variant_key = s.variant_key
 ORDER BY s.suite, s.model, s.evaluator, s.variant = 'base' DESC, s.variant;
 
 -- what tuning cost on abilities it did not target: variant minus its own base
--- on the same evaluator configuration; ``forgetting`` > 0 means worse than base
+-- on the same evaluator configuration; ``forgetting`` > 0 means worse than base;
+-- the paired test on the items' scores gives a 95% interval and a p-value
 CREATE OR REPLACE VIEW forgetting AS
 SELECT t.suite, t.model, t.variant, coalesce(v.method, '') AS method, t.evaluator, t.role,
        t.metric, b.value AS base_value, t.value AS variant_value,
        t.value - b.value AS delta,
        CASE WHEN t.higher_is_better THEN b.value - t.value ELSE t.value - b.value END
            AS forgetting,
-       t.n
+       t.n, p.test AS paired_test, p.delta AS item_delta, p.ci_low, p.ci_high, p.p_value
 FROM latest_scores t
 JOIN latest_scores b
   ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
  AND b.metric = t.metric AND b.variant = 'base'
 LEFT JOIN variants v ON v.variant_key = t.variant_key
+LEFT JOIN paired_tests p ON p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key
 WHERE t.variant <> 'base' AND t.role IN ('general', 'safety')
 ORDER BY t.suite, t.model, t.evaluator, t.variant;
 """
@@ -319,6 +333,40 @@ class Store:
             count = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
             con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
             return int(count)
+
+    def record_paired_tests(self, seed: int = 0) -> int:
+        """Test every finished variant cell against its base cell (same model and evaluator
+        configuration) that has no test yet; returns how many were added."""
+        from harness.stats import paired_test
+
+        if not self.path.exists():
+            return 0
+        with self.read() as con:
+            pairs = con.execute("""
+                SELECT DISTINCT t.cell_key, b.cell_key FROM latest_scores t
+                JOIN latest_scores b ON b.suite = t.suite AND b.model_key = t.model_key
+                 AND b.evaluator_key = t.evaluator_key AND b.variant = 'base'
+                WHERE t.variant <> 'base' AND NOT EXISTS (
+                    SELECT 1 FROM paired_tests p
+                    WHERE p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key)
+            """).fetchall()
+            rows = []
+            for variant_cell, base_cell in pairs:
+                scores = con.execute("""
+                    SELECT b.score, v.score FROM samples b JOIN samples v
+                      ON v.item_index = b.item_index AND v.cell_key = ?
+                    WHERE b.cell_key = ? AND b.score IS NOT NULL AND v.score IS NOT NULL
+                      AND isfinite(b.score) AND isfinite(v.score)
+                    ORDER BY b.item_index""", [variant_cell, base_cell]).fetchall()
+                if not scores:
+                    continue
+                result = paired_test([s[0] for s in scores], [s[1] for s in scores], seed=seed)
+                rows.append([variant_cell, base_cell, result.test, result.n, result.delta,
+                             result.ci_low, result.ci_high, result.p_value])
+        if rows:
+            with self._write() as con:
+                con.executemany("INSERT INTO paired_tests VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
 
     def finish_run(self, run_id: str, status: str, done: int, failed: int, seconds: float) -> None:
         with self._write() as con:

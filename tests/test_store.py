@@ -118,8 +118,8 @@ def test_schema_version_is_checked(store):
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
-    """Version 1 had no cells.info and no alerts table: opening it adds both, keeps the cells,
-    and records version 2."""
+    """Version 1 had no cells.info and no alerts or paired_tests table: opening it adds them,
+    keeps the cells, and records the current version."""
     import duckdb
 
     _cell(store, "c1", "base", "e", 0.5)
@@ -132,7 +132,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     _, rows = query(store.path, "SELECT cell_key, info FROM cells")
     assert rows == [("c1", None)]
     _, version = query(store.path, "SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == [("2",)]
+    assert version == [("3",)]
     _cell(store, "c2", "base", "e2", 0.1)  # writes go on, with alerts possible
     store.record_cell({"cell_key": "c3", "status": "done", "info": '{"judge": "x"}'}, [], [],
                       [{"metric": "kl_mean", "value": 1.0, "threshold": 0.25, "message": "m"}])

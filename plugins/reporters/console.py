@@ -45,7 +45,7 @@ class ConsoleReporter:
         columns, rows = query(
             context.store_path,
             "SELECT model, variant, evaluator, metric, base_value, variant_value, delta, "
-            "forgetting FROM forgetting WHERE suite = ?",
+            "forgetting, paired_test, p_value FROM forgetting WHERE suite = ?",
             [context.suite_name],
         )
         if rows:
