@@ -245,6 +245,7 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0
     run_id: str | None = None
+    store_path: Path | None = None
 
 
 def _utcnow() -> datetime:
@@ -523,7 +524,8 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
                       "(marked 'killed'); their finished cells are kept")
     finished = store.finished_cells([c.key for c in plan.cells])
     pending = [c for c in plan.cells if c.key not in finished]
-    summary = RunSummary(planned=len(plan.cells), cached=len(finished))
+    summary = RunSummary(planned=len(plan.cells), cached=len(finished),
+                         store_path=suite.store_path)
 
     if pending:
         run_id = uuid.uuid4().hex[:12]

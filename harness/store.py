@@ -23,13 +23,12 @@ from harness.errors import StoreLockedError, UserError
 
 SCHEMA_VERSION = 3
 
-#: SQL that brings a store from version N to N + 1, applied in order inside one
-#: transaction when a newer harness opens an older store.
+#: SQL that brings a store from version N to N + 1, applied in order inside one transaction
+#: when a newer harness opens an older store. New tables need none: ``_TABLES`` creates
+#: what is missing (version 2 added ``alerts``, version 3 ``paired_tests``); only
+#: changes to existing tables are listed.
 MIGRATIONS: dict[int, str] = {
-    1: """
-    ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON;
-    """,  # version 2 added cells.info and the alerts table (created below if missing)
-    2: "SELECT 1",  # version 3 added the paired_tests table (created below if missing)
+    1: "ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON",  # version 2: cells.info
 }
 
 _TABLES = """
@@ -306,7 +305,8 @@ class Store:
                 )
             elif int(row[0]) < SCHEMA_VERSION:
                 for version in range(int(row[0]), SCHEMA_VERSION):
-                    con.execute(MIGRATIONS[version])
+                    if version in MIGRATIONS:
+                        con.execute(MIGRATIONS[version])
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             [str(SCHEMA_VERSION)])
             con.execute(_VIEWS)
@@ -326,13 +326,14 @@ class Store:
         lock, so none of them is alive): mark them ``killed``. Returns how many."""
         if not self.path.exists():
             return 0
-        with self._write() as con:
-            tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
-            if "runs" not in tables:
+        with self.read() as con:
+            if "runs" not in {row[0] for row in con.execute("SHOW TABLES").fetchall()}:
                 return 0
             count = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-            con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
-            return int(count)
+        if count:  # a re-run with nothing to mark writes nothing
+            with self._write() as con:
+                con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
+        return int(count)
 
     def record_paired_tests(self, seed: int = 0) -> int:
         """Test every finished variant cell against its base cell (same model and evaluator
@@ -499,9 +500,7 @@ def export_parquet(path: Path, out: Path, timeout: float = 30.0) -> list[Path]:
         files = []
         for name in names:
             target = out / f"{name}.parquet"
-            # names come from the store's own catalogue; the target path is quoted as a literal
-            con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{str(target).replace(chr(39), chr(39) * 2)}' "
-                        "(FORMAT parquet)")
+            con.sql(f'SELECT * FROM "{name}"').write_parquet(str(target))  # a catalogue name
             files.append(target)
         return files
     finally:

@@ -61,7 +61,7 @@ class EvaluatorEntry(_Table):
     name: str = Field(pattern=NAME_PATTERN)
     kind: str = Field(min_length=1)
     data: str = Field(min_length=1)
-    role: Role | None = None  # default: the evaluator kind's (DEFAULT_ROLE), else general
+    role: Role | None = None  # default: the evaluator class's `default_role`, else general
     options: dict[str, Any] = {}
 
 
@@ -193,6 +193,17 @@ def unmet_requirement(text: str) -> str | None:
     return None
 
 
+def check_rows(cls: Any, path: Path, options: Any) -> None:
+    """Read every row of a component's data file: with its ``check_data(path, options)``
+    when it has one, else with its row schema ``Rows`` (a DataError names the bad line)."""
+    if hasattr(cls, "check_data"):
+        cls.check_data(path, options)
+    elif getattr(cls, "Rows", None) is not None:
+        from harness.data import read_jsonl
+
+        read_jsonl(path, cls.Rows)
+
+
 def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
     host.registry()  # a plugin registering a name twice is one error, before any field
     problems: list[str] = []
@@ -258,10 +269,9 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
             data = data_path(entry.data, label)
             opts = options(cls, entry.options, label) if cls is not None else None
             file = Path(data)
-            if opts is not None and hasattr(cls, "check_data") and file.is_file() \
-                    and file.stat().st_size > 0:
+            if opts is not None and file.is_file() and file.stat().st_size > 0:
                 try:  # every row of a data file is read now, before anything runs
-                    cls.check_data(file, opts)
+                    check_rows(cls, file, opts)
                 except UserError as exc:
                     for line in exc.lines:
                         problem(label, "data", line)

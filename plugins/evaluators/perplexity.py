@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
@@ -51,11 +49,7 @@ def count_words(text: str) -> int:
 
 class PerplexityEvaluator:
     Options = PerplexityOptions
-
-    @classmethod
-    def check_data(cls, path: Path, options: Any) -> None:
-        """Every row is read when the suite is validated (a bad one names its line)."""
-        read_jsonl(path, TextRow)
+    Rows = TextRow  # every row is read when the suite is validated
 
     def __init__(self, spec: EvaluatorSpec, options: PerplexityOptions) -> None:
         self.spec, self.options = spec, options

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -250,16 +249,12 @@ def _render_llama_guard(tokenizer: Any, user: str, agent: str) -> str:
 
 class SafetyEvaluator:
     Options = SafetyOptions
+    Rows = SafetyRow  # every row is read when the suite is validated
     default_role = "safety"
 
     @classmethod
     def required_models(cls, options: SafetyOptions) -> dict[str, str]:
         return {"guard": options.guard}
-
-    @classmethod
-    def check_data(cls, path: Path, options: Any) -> None:
-        """Every row is read when the suite is validated (a bad one names its line)."""
-        read_jsonl(path, SafetyRow)
 
     def __init__(self, spec: EvaluatorSpec, options: SafetyOptions) -> None:
         self.spec, self.options = spec, options

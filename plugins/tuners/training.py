@@ -9,19 +9,18 @@ parameter counts) and saves the result as safetensors.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from harness.components import Options, TuneJob, TuneResult
-from harness.data import read_jsonl
 
 from harness_plugins.tuners.records import (
     PeakMemory,
     count_parameters,
     quiet_trainer,
-    record_callback,
+    record_callback,  # re-exported: every tuner takes its training tools from this module
     training_record,
 )
 
@@ -53,28 +52,22 @@ class AdapterOptions(TrainingOptions):
     target_modules: list[str] | str = "all-linear"
 
 
-class BaseTuner:
+class BaseTuner(ABC):
     """What every built-in tuner's class shares: its ``Options`` model and the constructor.
 
     The host validates a suite entry's ``options`` table against ``Options`` and builds
-    the tuner with the result; a subclass sets ``Options`` and writes ``tune(job)``.
+    the tuner with the result; a subclass sets ``Options`` and ``Rows`` (the row schema
+    of its data, read in full when the suite is validated) and writes ``tune(job)``.
     """
 
     Options: ClassVar[type[TrainingOptions]] = TrainingOptions
-    #: the row schema of the tuner's data (rows.py); checked when the suite is validated
     Rows: ClassVar[Any] = None
 
     def __init__(self, options: Any) -> None:
         self.options = options
 
-    @classmethod
-    def check_data(cls, path: Path, options: Any) -> None:
-        """Read every row of ``path`` (a bad one raises DataError naming line and field)."""
-        if cls.Rows is not None:
-            read_jsonl(path, cls.Rows)
-
-    def tune(self, job: TuneJob) -> TuneResult:
-        raise NotImplementedError
+    @abstractmethod
+    def tune(self, job: TuneJob) -> TuneResult: ...
 
 
 def lora_config(options: AdapterOptions, **extra: Any) -> Any:
