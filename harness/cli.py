@@ -146,6 +146,35 @@ def export(store: Path | None, suite: Path | None, out: Path) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html",
+              help="html: one self-contained page; md: Markdown with SVG plots beside it.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to write it (default: beside the store, <store>.report.html|md).")
+@click.option("--name", help="The suite to report, when the store holds several.")
+def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
+    """Write a report of SOURCE (a suite file or a store): leaderboard, forgetting matrix,
+    learning versus forgetting, training curves, contamination and clean scores."""
+    from rich.console import Console
+
+    from harness.components import ReportContext
+    from harness.plugins import PluginHost
+
+    is_store = source.suffix == ".duckdb"
+    store = source if is_store else _store_for(None, source)
+    if not is_store and name is None:
+        from harness.suite import read_toml
+
+        name = read_toml(source).get("suite", {}).get("name")
+    if not store.exists():
+        raise UserError(f"{store}: no such store (run the suite first)")
+    host = PluginHost.load()
+    cls = host.component("reporter", "html" if fmt == "html" else "markdown").component
+    reporter = cls(cls.Options(out=str(out) if out else None, suite=name))
+    reporter.report(ReportContext(store, None, name or "", Console(stderr=False)))
+
+
+@main.command()
 @click.argument("statement")
 @click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to query.")
 @click.option("--suite", type=click.Path(path_type=Path), help="Query this suite's store.")

@@ -127,6 +127,10 @@ class Sample:
     score: float | None = None
     logprobs: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: membership scores of the item's text under the model (set by the runner when the
+    #: suite's ``[contamination] membership`` is on; see harness/contamination.py)
+    min_k: float | None = None
+    min_k_plus: float | None = None
 
 
 @dataclass
@@ -203,6 +207,16 @@ class TokenScores:
     num_bytes: int
 
 
+@dataclass
+class TokenMoments:
+    """Per token of one text: its log-probability, and the mean and standard deviation of
+    the log-probability under the model's next-token distribution there (for Min-K%++)."""
+
+    logprobs: list[float]
+    means: list[float]
+    stds: list[float]
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Holds one base model in memory and evaluates it or any of its variants."""
@@ -217,6 +231,10 @@ class Backend(Protocol):
 
     def score_texts(self, texts: Sequence[str], stride: int | None = None) -> list[TokenScores]:
         """Log-probability of every token; long texts in rolling windows (lm-eval's)."""
+
+    def token_moments(self, texts: Sequence[str]) -> list[TokenMoments]:
+        """Each text's tokens (up to the context length) with their log-probabilities and
+        the moments of each next-token distribution: what membership scores need."""
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """Full next-token log-distributions (tensors) over each (prompt, continuation)'s

@@ -61,6 +61,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.evaluators.drift",
     "harness_plugins.reporters.console",
     "harness_plugins.reporters.mlflow",
+    "harness_plugins.reporters.html",
+    "harness_plugins.reporters.markdown",
 )
 
 COMPONENT_KINDS = tuple(hookspecs.REGISTRATION_HOOKS)

@@ -33,6 +33,7 @@ from harness.components import (
     Metric,
     ReportContext,
     ResolvedModel,
+    Sample,
     TuneJob,
     TuneResult,
     Variant,
@@ -102,6 +103,8 @@ class CellPlan:
     backend: str
     #: models the evaluator needs besides the one under test (a guard), by purpose
     evaluator_models: dict[str, ResolvedModel] = field(default_factory=dict)
+    #: Min-K%'s k when the cell also scores its items' membership, else None
+    membership_k: float | None = None
 
     @property
     def label(self) -> str:
@@ -132,6 +135,7 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost,
         evaluator_keys[e.name] = _digest(payload)
     tuner_data = {t.name: data_hash(t.data) for t in suite.tuners}
     rewards = {name: reg.component for name, reg in host.registry()["reward"].items()}
+    membership = suite.contamination.k if suite.contamination.membership else None
     variants: list[VariantPlan] = []
     cells: list[CellPlan] = []
     for model in models:
@@ -158,12 +162,13 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost,
                     "suite": suite.name, "variant": variant.key,
                     "evaluator": evaluator_keys[evaluator.name],
                     "backend": backend_payload, "harness": __version__,
+                    "membership": membership,
                 })
                 cells.append(CellPlan(
                     key, suite.name, suite.seed, model, variant, evaluator,
                     host.component("evaluator", evaluator.kind).component,
                     evaluator_keys[evaluator.name], suite.backend.kind,
-                    evaluator_models.get(evaluator.name, {}),
+                    evaluator_models.get(evaluator.name, {}), membership,
                 ))
     return Plan(variants, cells)
 
@@ -320,6 +325,9 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
                 f"evaluator {cell.evaluator.kind!r} returned {type(result).__name__}, "
                 "expected EvalResult"
             )
+        if cell.membership_k is not None and result.samples \
+                and hasattr(backend, "token_moments"):  # optional for a backend
+            _score_membership(result.samples, backend, cell.membership_k)
         return CellOutcome("done", result.metrics, result, seconds=time.perf_counter() - clock,
                            started_at=started, finished_at=_utcnow())
     except Exception as exc:
@@ -327,6 +335,17 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
                            traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - clock, started_at=started,
                            finished_at=_utcnow())
+
+
+def _score_membership(samples: list[Sample], backend: Any, k: float) -> None:
+    """Min-K% and Min-K%++ of each item's text (prompt and target) under the active model."""
+    from harness.contamination import membership_scores
+
+    texts = [" ".join(part for part in (s.prompt, s.target) if part) for s in samples]
+    for sample, moments in zip(samples, backend.token_moments(texts)):
+        if moments.logprobs:
+            sample.min_k, sample.min_k_plus = membership_scores(
+                moments.logprobs, moments.means, moments.stds, k)
 
 
 def _fail_cells(cells: list[CellPlan], error: str, tb: str | None,
@@ -475,7 +494,8 @@ class _Recorder:
             samples = [
                 {"item_index": s.index, "item_id": s.item_id, "prompt": s.prompt,
                  "target": s.target, "output": s.output, "score": s.score,
-                 "logprobs": s.logprobs, "extra": s.extra}
+                 "logprobs": s.logprobs, "extra": s.extra,
+                 "min_k": s.min_k, "min_k_plus": s.min_k_plus}
                 for s in outcome.result.samples
             ]
         self.store.record_cell(row, metrics, samples, alerts)
@@ -560,6 +580,10 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
                 store.finish_run(run_id, status, summary.done, summary.failed, summary.seconds)
         store.record_paired_tests(seed=suite.seed)  # significance for the forgetting view
         host.run_finished(info, summary)
+    # contamination findings for pairs not checked yet (new cells, or changed settings)
+    from harness.contamination import analyse
+
+    analyse(store, suite, plan.variants)
     summary.seconds = time.perf_counter() - clock
 
     for reporter in suite.reporters:

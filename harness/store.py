@@ -21,14 +21,16 @@ import duckdb
 
 from harness.errors import StoreLockedError, UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one transaction
 #: when a newer harness opens an older store. New tables need none: ``_TABLES`` creates
-#: what is missing (version 2 added ``alerts``, version 3 ``paired_tests``); only
-#: changes to existing tables are listed.
+#: what is missing (version 2 added ``alerts``, version 3 ``paired_tests``, version 4
+#: ``contamination``); only changes to existing tables are listed.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON",  # version 2: cells.info
+    3: "ALTER TABLE samples ADD COLUMN IF NOT EXISTS min_k DOUBLE; "  # version 4: membership
+       "ALTER TABLE samples ADD COLUMN IF NOT EXISTS min_k_plus DOUBLE",
 }
 
 _TABLES = """
@@ -126,7 +128,9 @@ CREATE TABLE IF NOT EXISTS samples (
     output VARCHAR,
     score DOUBLE,
     logprobs DOUBLE[],
-    extra JSON
+    extra JSON,
+    min_k DOUBLE,
+    min_k_plus DOUBLE
 );
 -- a variant's cell against its base's cell on the same items (harness/stats.py)
 CREATE TABLE IF NOT EXISTS paired_tests (
@@ -138,6 +142,24 @@ CREATE TABLE IF NOT EXISTS paired_tests (
     ci_low DOUBLE,
     ci_high DOUBLE,
     p_value DOUBLE
+);
+-- evaluation items found in a variant's tuning data (exact, ngram-<n>) or suddenly
+-- likelier under the variant than under its base (min-k, min-k++); harness/contamination.py
+CREATE TABLE IF NOT EXISTS contamination (
+    analysis_key VARCHAR,
+    suite VARCHAR,
+    model VARCHAR,
+    variant VARCHAR,
+    variant_key VARCHAR,
+    evaluator VARCHAR,
+    evaluator_key VARCHAR,
+    item_index INTEGER,
+    item_id VARCHAR,
+    dataset VARCHAR,
+    method VARCHAR,
+    score DOUBLE,
+    flagged BOOLEAN,
+    detail JSON
 );
 -- thresholds a cell's metrics crossed (drift monitors); replaced with the cell
 CREATE TABLE IF NOT EXISTS alerts (
@@ -185,6 +207,76 @@ LEFT JOIN variants v ON v.variant_key = t.variant_key
 LEFT JOIN paired_tests p ON p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key
 WHERE t.variant <> 'base' AND t.role IN ('general', 'safety')
 ORDER BY t.suite, t.model, t.evaluator, t.variant;
+
+-- each variant's gain on its target evaluators against its loss on general and safety ones,
+-- both relative to the base's value (0.10 = 10% better, or worse); averaged over evaluators
+CREATE OR REPLACE VIEW learning_forgetting AS
+WITH changes AS (
+    SELECT t.suite, t.model, t.variant, t.variant_key, t.role, p.p_value,
+           (CASE WHEN t.higher_is_better THEN t.value - b.value ELSE b.value - t.value END)
+               / nullif(abs(b.value), 0) AS gain
+    FROM latest_scores t
+    JOIN latest_scores b
+      ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
+     AND b.metric = t.metric AND b.variant = 'base'
+    LEFT JOIN paired_tests p ON p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key
+    WHERE t.variant <> 'base'
+)
+SELECT c.suite, c.model, c.variant, coalesce(v.method, '') AS method,
+       avg(c.gain) FILTER (WHERE c.role = 'target') AS learning,
+       count(*) FILTER (WHERE c.role = 'target') AS target_evaluators,
+       avg(-c.gain) FILTER (WHERE c.role IN ('general', 'safety')) AS forgetting,
+       count(*) FILTER (WHERE c.role IN ('general', 'safety')) AS general_evaluators,
+       count(*) FILTER (WHERE c.role IN ('general', 'safety') AND c.gain < 0
+                        AND c.p_value < 0.05) AS significant_losses,
+       any_value(v.trainable_params) AS trainable_params, any_value(v.seconds) AS train_seconds
+FROM changes c LEFT JOIN variants v ON v.variant_key = c.variant_key
+GROUP BY c.suite, c.model, c.variant, v.method
+ORDER BY c.suite, c.model, c.variant;
+
+CREATE OR REPLACE VIEW contamination_summary AS
+SELECT suite, model, variant, evaluator, method, any_value(dataset) AS dataset,
+       count(*) AS items, count(*) FILTER (WHERE flagged) AS flagged,
+       avg(CASE WHEN flagged THEN 1.0 ELSE 0.0 END) AS flagged_share,
+       avg(score) AS mean_score, max(score) AS max_score
+FROM contamination
+GROUP BY suite, model, variant, evaluator, method
+ORDER BY suite, model, variant, evaluator, method;
+
+-- each variant's per-item mean score on every item and on the items no method flagged,
+-- beside its base's on the same two sets; ``score`` is the evaluator's primary metric
+CREATE OR REPLACE VIEW clean_scores AS
+WITH flags AS (
+    SELECT variant_key, evaluator_key, item_index, bool_or(flagged) AS flagged,
+           string_agg(DISTINCT method, ', ' ORDER BY method) FILTER (WHERE flagged) AS flagged_by
+    FROM contamination GROUP BY variant_key, evaluator_key, item_index
+), pairs AS (
+    SELECT t.suite, t.model, t.variant, t.evaluator, t.role, t.metric, t.value AS score,
+           b.value AS base_score, t.cell_key, b.cell_key AS base_cell_key,
+           t.variant_key, t.evaluator_key
+    FROM latest_scores t
+    JOIN latest_scores b
+      ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
+     AND b.metric = t.metric AND b.variant = 'base'
+    WHERE t.variant <> 'base'
+      AND EXISTS (SELECT 1 FROM contamination c WHERE c.variant_key = t.variant_key
+                  AND c.evaluator_key = t.evaluator_key)
+)
+SELECT p.suite, p.model, p.variant, p.evaluator, p.role, p.metric, p.base_score, p.score,
+       count(*) AS items,
+       count(*) FILTER (WHERE NOT coalesce(f.flagged, false)) AS clean_items,
+       avg(s.score) AS item_mean,
+       avg(s.score) FILTER (WHERE NOT coalesce(f.flagged, false)) AS clean_item_mean,
+       avg(bs.score) AS base_item_mean,
+       avg(bs.score) FILTER (WHERE NOT coalesce(f.flagged, false)) AS base_clean_item_mean,
+       string_agg(DISTINCT f.flagged_by, '; ') AS flagged_by
+FROM pairs p
+JOIN samples s ON s.cell_key = p.cell_key
+LEFT JOIN samples bs ON bs.cell_key = p.base_cell_key AND bs.item_index = s.item_index
+LEFT JOIN flags f ON f.variant_key = p.variant_key AND f.evaluator_key = p.evaluator_key
+                 AND f.item_index = s.item_index
+GROUP BY ALL
+ORDER BY p.suite, p.model, p.evaluator, p.variant;
 """
 
 
@@ -369,6 +461,19 @@ class Store:
                 con.executemany("INSERT INTO paired_tests VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
+    def record_contamination(self, replaced: Sequence[tuple[str, str, Sequence[str]]],
+                             rows: Sequence[Sequence[Any]]) -> None:
+        """Write contamination findings (harness/contamination.py), first removing each
+        (variant key, evaluator key)'s findings of the same methods under older settings."""
+        with self._write() as con:
+            for variant_key, evaluator_key, methods in replaced:
+                con.execute(
+                    "DELETE FROM contamination WHERE variant_key = ? AND evaluator_key = ? "
+                    "AND (method IN (SELECT unnest(?)) OR (? AND method LIKE 'ngram-%'))",
+                    [variant_key, evaluator_key, list(methods), "exact" in methods])
+            con.executemany("INSERT INTO contamination VALUES "
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
     def finish_run(self, run_id: str, status: str, done: int, failed: int, seconds: float) -> None:
         with self._write() as con:
             con.execute(
@@ -447,10 +552,13 @@ class Store:
                 )
             if samples:
                 con.executemany(
-                    "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO samples (cell_key, item_index, item_id, prompt, target, output, "
+                    "score, logprobs, extra, min_k, min_k_plus) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [[key, s["item_index"], s.get("item_id"), s.get("prompt"), s.get("target"),
                       s.get("output"), s.get("score"), s.get("logprobs"),
-                      json.dumps(s.get("extra") or {}, default=str)]
+                      json.dumps(s.get("extra") or {}, default=str), s.get("min_k"),
+                      s.get("min_k_plus")]
                      for s in samples],
                 )
             if alerts:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,22 @@ class ComponentChoice(_Table):
     options: dict[str, Any] = {}
 
 
+class ContaminationSection(_Table):
+    """``[contamination]``: how evaluation items are checked against the tuning data and
+    under each variant (harness/contamination.py)."""
+
+    #: word n-gram length of the overlap check (lm-eval's and the GPT-3 report's 13)
+    ngram: int = Field(default=13, ge=1, le=64)
+    #: flag an item when more than this share of its n-grams is in the data (0: any)
+    min_overlap: float = Field(default=0.0, ge=0, lt=1)
+    #: score every item with Min-K% and Min-K%++ under the base and each variant
+    membership: bool = True
+    #: the share of lowest-scoring tokens that Min-K% and Min-K%++ average
+    k: float = Field(default=0.2, gt=0, le=1)
+    #: flag an item whose Min-K%++ rise lies this many robust deviations above the median
+    z: float = Field(default=3.0, gt=0)
+
+
 class SuiteFile(_Table):
     suite: SuiteSection
     models: list[ModelEntry] = Field(min_length=1)
@@ -77,6 +94,7 @@ class SuiteFile(_Table):
     evaluators: list[EvaluatorEntry] = Field(min_length=1)
     backend: ComponentChoice = ComponentChoice(kind="hf")
     executor: ComponentChoice = ComponentChoice(kind="local")
+    contamination: ContaminationSection = ContaminationSection()
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,7 @@ class Suite:
     backend: ResolvedComponent
     executor: ResolvedComponent
     reporters: list[ResolvedComponent]
+    contamination: ContaminationSection = dataclasses.field(default_factory=ContaminationSection)
 
     @property
     def base_dir(self) -> Path:
@@ -116,6 +135,7 @@ _TABLE_LABEL = {
     "evaluators": "[[evaluators]]",
     "backend": "[backend]",
     "executor": "[executor]",
+    "contamination": "[contamination]",
 }
 
 
@@ -317,4 +337,5 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
         backend=chosen["backend"],
         executor=chosen["executor"],
         reporters=reporters,
+        contamination=parsed.contamination,
     )

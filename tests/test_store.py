@@ -118,21 +118,31 @@ def test_schema_version_is_checked(store):
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
-    """Version 1 had no cells.info and no alerts or paired_tests table: opening it adds them,
-    keeps the cells, and records the current version."""
+    """Version 1 had no cells.info, no samples.min_k or min_k_plus, and no alerts,
+    paired_tests or contamination table: opening it adds them, keeps the cells, and records
+    the current version."""
     import duckdb
 
     _cell(store, "c1", "base", "e", 0.5)
     con = duckdb.connect(str(store.path))
     con.execute("DROP TABLE alerts")
+    con.execute("DROP TABLE paired_tests")
+    con.execute("DROP TABLE contamination")
     con.execute("ALTER TABLE cells DROP COLUMN info")
+    con.execute("ALTER TABLE samples DROP COLUMN min_k")
+    con.execute("ALTER TABLE samples DROP COLUMN min_k_plus")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     store.initialise()
     _, rows = query(store.path, "SELECT cell_key, info FROM cells")
     assert rows == [("c1", None)]
     _, version = query(store.path, "SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == [("3",)]
+    assert version == [("4",)]
+    _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
+                                   "WHERE table_name = 'samples' ORDER BY ordinal_position")
+    assert [c for (c,) in columns][-2:] == ["min_k", "min_k_plus"]
+    _, tables = query(store.path, "SELECT count(*) FROM paired_tests, contamination")
+    assert tables == [(0,)]
     _cell(store, "c2", "base", "e2", 0.1)  # writes go on, with alerts possible
     store.record_cell({"cell_key": "c3", "status": "done", "info": '{"judge": "x"}'}, [], [],
                       [{"metric": "kl_mean", "value": 1.0, "threshold": 0.25, "message": "m"}])

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 import harness
-from harness.components import Options, ResolvedModel, TokenScores, Variant
+from harness.components import Options, ResolvedModel, TokenMoments, TokenScores, Variant
 
 
 class HFOptions(Options):
@@ -201,6 +201,27 @@ class HFBackend:
             logits = self._forward([ids[:-1] for ids, _ in chunk]).cpu()
             for row, (ids, n) in zip(logits, chunk):
                 results.append(row[len(ids) - 1 - n : len(ids) - 1].log_softmax(-1))
+        return results
+
+    def token_moments(self, texts: Sequence[str]) -> list[TokenMoments]:
+        """Each text's first ``max_length - 1`` tokens, after the prefix token: their
+        log-probabilities and the mean and standard deviation of the log-probability under
+        the next-token distribution at each position (Min-K%++'s normalisers)."""
+        rows = [[self.prefix_token_id, *self._encode(text)[: self.max_length - 1]]
+                for text in texts]
+        results: list[TokenMoments] = []
+        for start in range(0, len(rows), self.options.batch_size):
+            chunk = rows[start : start + self.options.batch_size]
+            logits = self._forward([ids[:-1] if len(ids) > 1 else ids for ids in chunk]).cpu()
+            for row, ids in zip(logits, chunk):
+                targets = ids[1:]
+                logdist = row[: len(targets)].log_softmax(-1)
+                probs = logdist.exp()
+                means = (probs * logdist).sum(-1)
+                stds = ((probs * logdist.square()).sum(-1) - means.square()).clamp_min(0).sqrt()
+                picked = logdist.gather(-1, _column(targets)).squeeze(-1) if targets else means[:0]
+                results.append(TokenMoments(picked.tolist(), means[: len(targets)].tolist(),
+                                            stds[: len(targets)].tolist()))
         return results
 
     def chat_prompt(self, user_text: str) -> str:

@@ -74,6 +74,9 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> d
         # few-shot examples come from the same file; lm-eval leaves out the item itself
         "fewshot_split": "test",
         "doc_to_text": PROMPT,
+        # the question alone, for contamination checks (lm-eval's own setting)
+        "should_decontaminate": True,
+        "doc_to_decontamination_query": "{{question}}",
         "metadata": {"version": 1.0},
     }
     if kinds == {True}:
@@ -197,12 +200,14 @@ class BenchmarkEvaluator:
         samples: list[Sample] = []
         for task_name, items in output.get("samples", {}).items():
             metric_names = [k.split(",")[0] for k in output["results"].get(task_name, {})]
+            query = _decontamination_query(output.get("configs", {}).get(task_name, {}))
             for item in items:
                 doc = item.get("doc", {})
                 arguments = item.get("arguments") or [[None]]
                 first = arguments[0]
                 prompt = first[0] if isinstance(first, (list, tuple)) else first
                 responses = item.get("filtered_resps") or []
+                target = item.get("target")
                 logprobs = None
                 if responses and isinstance(responses[0], (list, tuple)):
                     # multiple choice: one (log-likelihood, is-greedy) per choice
@@ -213,21 +218,46 @@ class BenchmarkEvaluator:
                     best = max(range(len(logprobs)), key=logprobs.__getitem__)
                     chosen = choices[best] if best < len(choices) else None
                     output_text = chosen.strip() if isinstance(chosen, str) else str(best)
+                    if isinstance(target, int) and 0 <= target < len(choices) \
+                            and isinstance(choices[target], str):
+                        target = choices[target].strip()  # the right choice's text
                 else:
                     output_text = str(responses[0]) if responses else None
                 scores = {k: v for k, v in item.items()
                           if k in metric_names and isinstance(v, (int, float))}
+                extra = {"task": task_name, "doc_id": item.get("doc_id"), **scores}
+                if query is not None and isinstance(doc, dict):
+                    extra["decontamination_query"] = query(doc)
                 samples.append(Sample(
                     index=len(samples),
                     item_id=str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(item.get("doc_id")),
                     prompt=prompt,
-                    target=str(item.get("target")),
+                    target=None if target is None else str(target),
                     output=output_text,
                     score=float(next(iter(scores.values()))) if scores else None,
                     logprobs=logprobs,
-                    extra={"task": task_name, "doc_id": item.get("doc_id"), **scores},
+                    extra=extra,
                 ))
         return samples
+
+
+def _decontamination_query(config: dict[str, Any]) -> Any:
+    """The task's ``doc_to_decontamination_query`` as a function of a document (what
+    lm-eval's ``Task`` does with it), or None when the task defines none."""
+    template = config.get("doc_to_decontamination_query")
+    if not config.get("should_decontaminate") or not isinstance(template, str):
+        return None
+    from lm_eval.utils import apply_template
+
+    def render(doc: dict[str, Any]) -> str | None:
+        if template in doc:
+            return str(doc[template])
+        try:
+            return apply_template(template, doc)
+        except Exception:  # a template this document cannot fill: no query for it
+            return None
+
+    return render
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,4 +1,4 @@
-"""Prints the leaderboard and the forgetting table at the end of a run."""
+"""Prints the leaderboard, the forgetting table and contamination counts after a run."""
 
 from __future__ import annotations
 
@@ -32,25 +32,26 @@ class ConsoleReporter:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options
 
+    #: (title, query): each table printed when it has rows for the suite
+    TABLES = (
+        ("Leaderboard",
+         "SELECT model, variant, method, evaluator, role, metric, value, stderr, n "
+         "FROM leaderboard WHERE suite = ?"),
+        ("Forgetting (general and safety evaluators; forgetting > 0 = worse than base)",
+         "SELECT model, variant, evaluator, metric, base_value, variant_value, delta, "
+         "forgetting, paired_test, p_value FROM forgetting WHERE suite = ?"),
+        ("Contamination (items flagged; harness report lists them)",
+         "SELECT model, variant, evaluator, method, flagged, items FROM contamination_summary "
+         "WHERE suite = ? AND flagged > 0"),
+    )
+
     def report(self, context: ReportContext) -> None:
         if not context.store_path.exists():
             return
-        columns, rows = query(
-            context.store_path,
-            "SELECT model, variant, method, evaluator, role, metric, value, stderr, n "
-            "FROM leaderboard WHERE suite = ?",
-            [context.suite_name],
-        )
-        context.console.print(render_table("Leaderboard", columns, rows))
-        columns, rows = query(
-            context.store_path,
-            "SELECT model, variant, evaluator, metric, base_value, variant_value, delta, "
-            "forgetting, paired_test, p_value FROM forgetting WHERE suite = ?",
-            [context.suite_name],
-        )
-        if rows:
-            title = "Forgetting (general and safety evaluators; forgetting > 0 = worse than base)"
-            context.console.print(render_table(title, columns, rows))
+        for title, sql in self.TABLES:
+            columns, rows = query(context.store_path, sql, [context.suite_name])
+            if rows:
+                context.console.print(render_table(title, columns, rows))
 
 
 @harness.hookimpl

@@ -1,0 +1,75 @@
+"""The report as one self-contained HTML page: inline CSS, inline SVG plots, no script
+and nothing fetched, so it opens anywhere, offline, and can be mailed as one file."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import harness
+from harness_plugins.reporters.report_data import PageReporter, Report, Table
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem;
+       padding: 0 1rem; color: #1b1b1b; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem;
+       border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; }
+th, td { border: 1px solid #d0d0d0; padding: .25rem .55rem; text-align: left;
+         vertical-align: top; }
+th { background: #f2f4f7; } tr:nth-child(even) td { background: #fafafa; }
+caption { caption-side: top; text-align: left; color: #555; padding: .2rem 0; }
+figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def render_html(report: Report) -> str:
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(report.title)}</title>", f"<style>{_STYLE}</style>",
+        "</head>", "<body>", f"<h1>{html.escape(report.title)}</h1>", '<dl class="facts">',
+    ]
+    for key, value in report.facts:
+        parts.append(f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>")
+    parts.append("</dl>")
+    for section in report.sections:
+        anchor = section.title.lower().replace(" ", "-")
+        parts.append(f'<section id="{html.escape(anchor)}"><h2>{html.escape(section.title)}</h2>')
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        for figure in section.figures:
+            parts.append(f'<figure aria-label="{html.escape(figure.title)}">{figure.svg}'
+                         "</figure>")
+        for table in section.tables:
+            parts.append(_table(table))
+        parts.append("</section>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _table(table: Table) -> str:
+    out = ['<div class="scroll"><table>']
+    if table.caption:
+        out.append(f"<caption>{html.escape(table.caption)}</caption>")
+    out.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+               + "</tr></thead><tbody>")
+    for row in table.rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+class HTMLReporter(PageReporter):
+    suffix = ".html"
+
+    def write(self, report: Report, out: Path) -> str:
+        return render_html(report)
+
+
+@harness.hookimpl
+def harness_register_reporters(register):
+    register("html", HTMLReporter)

@@ -1,0 +1,362 @@
+"""What a report shows, read from the store: sections of text, tables and figures.
+
+The HTML and Markdown reporters lay out the same :class:`Report`; only the markup differs.
+Every number comes from the store's views (``leaderboard``, ``forgetting``,
+``learning_forgetting``, ``contamination_summary``, ``clean_scores``) through read-only
+queries, so a report says exactly what ``harness sql`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from harness import __version__
+from harness.components import Options, ReportContext
+from harness.errors import UserError
+from harness.store import query
+from harness_plugins.reporters import figures
+
+#: flagged items listed one by one in a report; the rest are counted
+MAX_ITEMS_LISTED = 40
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    name: str  # a file name stem for the Markdown report's SVG
+    title: str
+    svg: str
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    facts: list[tuple[str, str]]
+    sections: list[Section]
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def suite_names(store: Path) -> list[str]:
+    _, rows = query(store, "SELECT DISTINCT suite FROM cells ORDER BY suite")
+    return [r[0] for r in rows]
+
+
+class _Reader:
+    def __init__(self, store: Path, suite: str) -> None:
+        self.store, self.suite = store, suite
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        columns, rows = query(self.store, sql, [self.suite])
+        return [dict(zip(columns, row)) for row in rows]
+
+
+def build_report(store: Path, suite: str | None = None) -> Report:
+    """Everything a report shows about one suite of ``store`` (the only one when None)."""
+    names = suite_names(store)
+    if suite is None:
+        if len(names) != 1:
+            raise UserError(f"{store}: holds suites {', '.join(names) or '(none)'}; "
+                            "name one with --name")
+        suite = names[0]
+    elif suite not in names:
+        raise UserError(f"{store}: no suite named {suite!r} (it holds {', '.join(names)})")
+    reader = _Reader(store, suite)
+    models = {r["model"] for r in reader.rows("SELECT DISTINCT model FROM leaderboard "
+                                                "WHERE suite = ?")}
+
+    def label(row: dict[str, Any]) -> str:
+        return row["variant"] if len(models) <= 1 else f"{row['model']}/{row['variant']}"
+
+    runs = reader.rows("SELECT count(*) AS runs, max(finished_at) AS last, "
+                       "sum(cells_done) AS done, sum(cells_failed) AS failed "
+                       "FROM runs WHERE suite = ?")[0]
+    facts = [
+        ("suite", suite), ("store", str(store)),
+        ("runs", f"{runs['runs']} (last finished {fmt(runs['last'])})"),
+        ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+         + f" by harness {__version__}"),
+    ]
+    sections = [
+        _leaderboard(reader, label),
+        _forgetting(reader, label),
+        _learning(reader, label),
+        _training(reader, label),
+        _contamination(reader, label),
+        _clean(reader, label),
+    ]
+    return Report(f"harness report: {suite}", facts, sections)
+
+
+def _leaderboard(reader: _Reader, label: Any) -> Section:
+    rows = reader.rows("SELECT * FROM leaderboard WHERE suite = ?")
+    section = Section("Leaderboard", "Each evaluator's primary metric for the untouched base "
+                      "and every tuned variant (the newest finished cell of each).")
+    if not rows:
+        section.text += " No finished cells yet."
+        return section
+    evaluators = list(dict.fromkeys(r["evaluator"] for r in rows))
+    metric = {r["evaluator"]: f"{r['metric']} ({r['role']}, {'higher' if r['higher_is_better'] else 'lower'} is better)" for r in rows}
+    table: dict[str, dict[str, str]] = {}
+    methods: dict[str, str] = {}
+    for r in rows:
+        name = label(r)
+        methods[name] = r["method"]
+        cell = fmt(r["value"])
+        if r["stderr"] is not None:
+            cell += f" ± {fmt(r['stderr'], 2)}"
+        table.setdefault(name, {})[r["evaluator"]] = cell
+    section.tables.append(Table(
+        ["variant", "method", *evaluators],
+        [[name, methods[name], *(values.get(e, "") for e in evaluators)]
+         for name, values in table.items()],
+        caption="; ".join(f"{e}: {metric[e]}" for e in evaluators)))
+    return section
+
+
+def _forgetting(reader: _Reader, label: Any) -> Section:
+    rows = reader.rows("SELECT * FROM forgetting WHERE suite = ?")
+    section = Section(
+        "Forgetting",
+        "What tuning cost on the general and safety evaluators: each variant against its own "
+        "base on the same items. The colour is the change relative to the base's value (red: "
+        "worse); each square reads the raw change, starred where the paired test (McNemar "
+        "for right/wrong items, a paired bootstrap otherwise) gives p < 0.05.")
+    if not rows:
+        section.text += " No tuned variant has been scored on a general evaluator yet."
+        return section
+    variants = list(dict.fromkeys(label(r) for r in rows))
+    evaluators = list(dict.fromkeys(r["evaluator"] for r in rows))
+    values: list[list[float | None]] = [[None] * len(evaluators) for _ in variants]
+    labels = [[""] * len(evaluators) for _ in variants]
+    for r in rows:
+        i, j = variants.index(label(r)), evaluators.index(r["evaluator"])
+        base = abs(r["base_value"]) if r["base_value"] else None
+        values[i][j] = r["forgetting"] / base if base else None
+        star = "*" if r["p_value"] is not None and r["p_value"] < 0.05 else ""
+        labels[i][j] = f"{r['delta']:+.3g}{star}"
+    section.figures.append(Figure(
+        "forgetting", "Forgetting matrix",
+        figures.heat_map(variants, evaluators, values, labels,
+                         "Forgetting: change against the base (* p < 0.05)",
+                         "forgetting, relative to base")))
+    section.tables.append(Table(
+        ["variant", "evaluator", "metric", "base", "variant value", "delta", "forgetting",
+         "95% interval (items)", "p", "test"],
+        [[label(r), r["evaluator"], r["metric"], fmt(r["base_value"]), fmt(r["variant_value"]),
+          fmt(r["delta"]), fmt(r["forgetting"]),
+          "" if r["ci_low"] is None else f"[{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}]",
+          _p(r["p_value"]), r["paired_test"] or ""] for r in rows]))
+    return section
+
+
+def _learning(reader: _Reader, label: Any) -> Section:
+    rows = reader.rows("SELECT * FROM learning_forgetting WHERE suite = ?")
+    section = Section(
+        "Learning versus forgetting",
+        "Each variant's gain on its target evaluators against its loss on the general and "
+        "safety ones, both relative to the base (0.1 = 10%), averaged over evaluators: the "
+        "trade-off of Biderman et al. (2024), 'LoRA Learns Less and Forgets Less'. Up and to "
+        "the left is better.")
+    points = [(label(r), r["forgetting"], r["learning"]) for r in rows
+              if r["forgetting"] is not None and r["learning"] is not None]
+    if points:
+        section.figures.append(Figure(
+            "learning_forgetting", "Learning versus forgetting",
+            figures.scatter(points, "forgetting (relative loss on general evaluators)",
+                            "learning (relative gain on target evaluators)",
+                            "Learning versus forgetting")))
+    elif not rows:
+        section.text += " No tuned variants yet."
+    else:
+        section.text += " (A scatter needs a target and a general evaluator.)"
+    if rows:
+        section.tables.append(Table(
+            ["variant", "method", "learning", "forgetting", "significant losses",
+             "trainable parameters", "training seconds"],
+            [[label(r), r["method"], fmt(r["learning"]), fmt(r["forgetting"]),
+              f"{r['significant_losses']} of {r['general_evaluators']}",
+              fmt(r["trainable_params"]), fmt(r["train_seconds"], 3)] for r in rows]))
+    return section
+
+
+def _training(reader: _Reader, label: Any) -> Section:
+    rows = reader.rows("SELECT model_name AS model, name AS variant, method, status, steps, "
+                       "loss_curve, final_loss, seconds, tokens_per_second, peak_memory_mb, "
+                       "trainable_params, total_params FROM variants WHERE suite = ? "
+                       "ORDER BY model_name, name, created_at DESC")
+    section = Section("Training", "Loss per logged step, and what each tuning run cost.")
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:  # the newest record per variant name
+        latest.setdefault(label(r), r)
+    series = [(name, list(r["loss_curve"])) for name, r in latest.items() if r["loss_curve"]]
+    if series:
+        section.figures.append(Figure("training", "Training curves",
+                                      figures.curves(series, "logged step", "loss",
+                                                     "Training loss")))
+    if not latest:
+        section.text += " No tuning runs yet."
+        return section
+    section.tables.append(Table(
+        ["variant", "method", "status", "steps", "final loss", "seconds", "tokens/s",
+         "peak memory (MiB)", "trainable / total parameters"],
+        [[name, r["method"], r["status"], fmt(r["steps"]), fmt(r["final_loss"]),
+          fmt(r["seconds"], 3), fmt(r["tokens_per_second"], 3), fmt(r["peak_memory_mb"], 4),
+          f"{fmt(r['trainable_params'])} / {fmt(r['total_params'])}"]
+         for name, r in latest.items()]))
+    return section
+
+
+def _contamination(reader: _Reader, label: Any) -> Section:
+    summary = reader.rows("SELECT * FROM contamination_summary WHERE suite = ?")
+    section = Section(
+        "Contamination",
+        "Evaluation items found in a variant's tuning data (exact: the normalised item equals "
+        "a tuning text; ngram-n: share of the item's word n-grams found there), and items the "
+        "variant suddenly finds likelier than its base does (min-k, min-k++: the change in "
+        "Min-K% and Min-K%++ membership scores, flagged when an outlier among the "
+        "evaluator's items).")
+    if not summary:
+        section.text += " No findings: no tuned variant, or no analysis yet."
+        return section
+    section.tables.append(Table(
+        ["variant", "evaluator", "method", "flagged", "items", "mean score", "max score"],
+        [[label(r), r["evaluator"], r["method"], str(r["flagged"]), str(r["items"]),
+          fmt(r["mean_score"], 3), fmt(r["max_score"], 3)] for r in summary],
+        caption="Per variant, evaluator and method."))
+    items = reader.rows("""
+        SELECT c.model, c.variant, c.evaluator, c.item_id, c.item_index,
+               string_agg(c.method || ' ' || round(c.score, 3), ', ' ORDER BY c.method) AS methods,
+               any_value(c.detail) AS detail, any_value(s.prompt) AS prompt,
+               any_value(s.target) AS target, any_value(s.extra) AS extra
+        FROM contamination c
+        LEFT JOIN latest_scores b ON b.suite = c.suite AND b.model = c.model
+             AND b.evaluator_key = c.evaluator_key AND b.variant = 'base'
+        LEFT JOIN samples s ON s.cell_key = b.cell_key AND s.item_index = c.item_index
+        WHERE c.suite = ? AND c.flagged
+        GROUP BY c.model, c.variant, c.evaluator, c.item_id, c.item_index
+        ORDER BY c.model, c.variant, c.evaluator, c.item_index""")
+    if items:
+        from harness.contamination import item_text
+
+        shown = items[:MAX_ITEMS_LISTED]
+        caption = "Flagged items" + (f" (the first {len(shown)} of {len(items)})"
+                                     if len(items) > len(shown) else "")
+        section.tables.append(Table(
+            ["variant", "evaluator", "item", "flagged by (score)", "item text"],
+            [[label(r), r["evaluator"], r["item_id"] or str(r["item_index"]), r["methods"],
+              _excerpt(item_text(r["prompt"], r["target"], json.loads(r["extra"] or "{}")))]
+             for r in shown], caption=caption))
+    return section
+
+
+def _clean(reader: _Reader, label: Any) -> Section:
+    rows = reader.rows("SELECT * FROM clean_scores WHERE suite = ?")
+    section = Section(
+        "Clean versus full scores",
+        "Each evaluator's per-item mean score (samples.score: right or wrong for benchmarks, "
+        "negative log-likelihood per token for perplexity, ...) on every item and on the items "
+        "no contamination method flagged, for the variant and for its base on the same items.")
+    if not rows:
+        section.text += " Nothing to compare yet."
+        return section
+    section.tables.append(Table(
+        ["variant", "evaluator", "metric", "score", "base score", "items", "clean items",
+         "item mean", "clean item mean", "base item mean", "base clean item mean"],
+        [[label(r), r["evaluator"], r["metric"], fmt(r["score"]), fmt(r["base_score"]),
+          str(r["items"]), str(r["clean_items"]), fmt(r["item_mean"]),
+          fmt(r["clean_item_mean"]), fmt(r["base_item_mean"]), fmt(r["base_clean_item_mean"])]
+         for r in rows]))
+    return section
+
+
+def _excerpt(text: str, limit: int = 140) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_svgs(report: Report, folder: Path) -> dict[str, Path]:
+    """Every figure of ``report`` as ``folder/<name>.svg``; returns name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for section in report.sections:
+        for figure in section.figures:
+            paths[figure.name] = folder / f"{figure.name}.svg"
+            paths[figure.name].write_text(figure.svg, encoding="utf-8")
+    return paths
+
+
+class PageOptions(Options):
+    out: str | None = Field(default=None,
+                            description="the page; default: beside the store, <store>.report.*")
+    suite: str | None = Field(default=None, description="the suite to report; default: the run's")
+
+
+class PageReporter(ABC):
+    """A reporter that writes the report as one page: subclasses set ``suffix`` and
+    ``write``. The page appears whole or not at all (written beside, then renamed)."""
+
+    Options = PageOptions
+    suffix = ""
+
+    def __init__(self, options: PageOptions | None = None) -> None:
+        self.options = options or PageOptions()
+
+    @abstractmethod
+    def write(self, report: Report, out: Path) -> str:
+        """The page's text (after writing any files it refers to)."""
+
+    def report(self, context: ReportContext) -> Path | None:
+        if not context.store_path.exists():
+            return None
+        out = Path(self.options.out) if self.options.out else context.store_path.with_name(
+            f"{context.store_path.stem}.report{self.suffix}")
+        report = build_report(context.store_path, self.options.suite or context.suite_name or None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(self.write(report, out), encoding="utf-8")
+        os.replace(partial, out)
+        context.console.print(f"report: {out}")
+        return out
+

@@ -1,0 +1,133 @@
+"""`harness report`: the HTML page in a real headless browser, and the Markdown page."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from tests.test_contamination import _planted_suite
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: the same items as a target evaluator too, so that learning can be plotted against forgetting
+TARGET = """
+[[evaluators]]
+name = "mc-target"
+kind = "benchmark"
+data = "data/mc.jsonl"
+role = "target"
+"""
+SECTIONS = ["Leaderboard", "Forgetting", "Learning versus forgetting", "Training",
+            "Contamination", "Clean versus full scores"]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, harness_cache):
+    """A finished suite with a planted item, and its two reports."""
+    from rich.console import Console
+
+    from harness.runner import run_suite
+
+    root = tmp_path_factory.mktemp("report")
+    suite = _planted_suite(root, extra=TARGET)
+    with open(os.devnull, "w") as quiet:
+        summary = run_suite(suite, console=Console(file=quiet), show_progress=False)
+    assert summary.failed == 0
+    runner = CliRunner()
+    pages = {}
+    for fmt in ("html", "md"):
+        result = runner.invoke(main, ["report", str(suite), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        pages[fmt] = Path(re.search(r"report: (\S+)", result.output).group(1))
+    return suite, summary.store_path, pages
+
+
+def test_markdown_report_has_every_section_table_and_plot(reported):
+    _, store, pages = reported
+    page = pages["md"]
+    assert page == store.with_name("small.report.md")
+    text = page.read_text()
+    for title in SECTIONS:
+        assert f"\n## {title}\n" in text
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert [Path(i).name for i in images] == ["forgetting.svg", "learning_forgetting.svg",
+                                              "training.svg"]
+    for image in images:
+        assert (page.parent / image).read_text().startswith("<svg")
+    assert "| variant | method | mc | mc-target | text |" in text
+    flagged = [line for line in text.splitlines() if line.startswith("| lora-a | mc | mc-3 |")]
+    assert flagged and "exact 1.0" in flagged[0] and "What is 3 + 3?" in flagged[0]
+
+
+def test_html_report_is_one_file_with_nothing_fetched(reported):
+    page = reported[2]["html"]
+    text = page.read_text()
+    assert text.count("<svg") == 3 and "<script" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:|//|[^"'#]+\.(png|svg|css|js))""", text)
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("HARNESS_REQUIRE_BROWSER"),
+                    reason="no chromium here (CI installs it and sets HARNESS_REQUIRE_BROWSER)")
+def test_html_report_renders_in_headless_chromium(reported, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "HARNESS_REQUIRE_BROWSER is set but chromium is not installed"
+    page_path = reported[2]["html"]
+    messages, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="load")
+            headings = page.locator("h2").all_inner_texts()
+            tables = page.locator("table").count()
+            plots = [page.locator("figure svg").nth(i).bounding_box() for i in range(3)]
+            cells = page.locator("td").all_inner_texts()
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert [m for m in messages if m.startswith(("error", "pageerror", "warning"))] == []
+    assert requests == [page_path.as_uri()]  # the page itself, nothing else
+    assert headings == SECTIONS
+    assert tables >= 7
+    assert all(box and box["width"] > 200 and box["height"] > 150 for box in plots)
+    assert "mc-3" in cells
+    _assert_screenshot_shows_plots(shot)
+
+
+def _assert_screenshot_shows_plots(path: Path) -> None:
+    """The full-page screenshot is tall, mostly light, and holds the heat map's colours."""
+    from matplotlib.image import imread
+
+    pixels = imread(path)[..., :3]
+    height, width, _ = pixels.shape
+    assert width == 1280 and height > 2000
+    light = (pixels.min(axis=-1) > 0.9).mean()
+    assert 0.5 < light < 0.99
+    red = (pixels[..., 0] > 0.6) & (pixels[..., 2] < 0.4)
+    blue = (pixels[..., 2] > 0.6) & (pixels[..., 0] < 0.4)
+    assert red.sum() + blue.sum() > 500  # coloured squares, points and lines drawn
+
+
+def test_report_errors_are_one_line_with_status_2(reported, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["report", str(tmp_path / "none.duckdb"), "--format", "html"])
+    assert missing.exit_code == 2 and "no such store" in missing.output
+    suite, store, _ = reported
+    wrong = runner.invoke(main, ["report", str(store), "--name", "other"])
+    assert wrong.exit_code == 2 and "no suite named 'other'" in wrong.output
+    out = tmp_path / "elsewhere" / "page.html"
+    named = runner.invoke(main, ["report", str(store), "--format", "html", "--out", str(out)])
+    assert named.exit_code == 0 and out.is_file()
