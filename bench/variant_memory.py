@@ -22,43 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from smollm2_suite import lora_tuner, suite_text  # bench/smollm2_suite.py
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "suites" / "data"
 
 
-def suite_text(variants: int, steps: int, store: Path) -> str:
-    tuners = "".join(f"""
-[[tuners]]
-name = "lora-r{4 * 2 ** i}"
-method = "lora"
-data = "{DATA / 'task_sft.jsonl'}"
-options = {{ r = {4 * 2 ** i}, alpha = {8 * 2 ** i}, steps = {steps}, lr = 1e-3, batch_size = 8, max_length = 128 }}
-""" for i in range(variants))
-    return f"""
-[suite]
-name = "variants-{variants}"
-store = "{store}"
-
-[[models]]
-name = "smollm2-135m"
-source = "builtin:smollm2-135m-instruct"
-{tuners}
-[[evaluators]]
-name = "capitals"
-kind = "benchmark"
-data = "{DATA / 'capitals.jsonl'}"
-
-[[evaluators]]
-name = "general-text"
-kind = "perplexity"
-data = "{DATA / 'general_text.jsonl'}"
-"""
+def variants_suite(variants: int, steps: int, store: Path) -> str:
+    tuners = "".join(lora_tuner(f"lora-r{4 * 2 ** i}", 4 * 2 ** i, steps) for i in range(variants))
+    return suite_text(f"variants-{variants}", store, tuners)
 
 
 def measure(variants: int, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "suite.toml"
-        suite.write_text(suite_text(variants, steps, Path(tmp) / "store.duckdb"))
+        suite.write_text(variants_suite(variants, steps, Path(tmp) / "store.duckdb"))
         started = time.perf_counter()
         done = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "harness", "run",
                                str(suite)], capture_output=True, text=True)

@@ -258,9 +258,18 @@ def _utcnow() -> datetime:
 
 
 def _seed_everything(seed: int) -> None:
-    from transformers import set_seed
+    """What ``transformers.set_seed`` does in one process: Python's, numpy's and torch's
+    generators (``torch.manual_seed`` seeds every device). Spelled out because importing
+    ``set_seed`` loads transformers' whole trainer stack: 2 s before an evaluation-only run
+    (bench/eval_overhead.py)."""
+    import random
 
-    set_seed(seed)
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _quiet_libraries() -> None:

@@ -15,6 +15,7 @@ metrics as returned and its per-item results as samples.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -117,18 +118,17 @@ class BenchmarkEvaluator:
         self.spec, self.options = spec, options
 
     def _task(self) -> tuple[Any, Any]:
-        """(what to pass as ``tasks``, a TaskManager or None)."""
-        from lm_eval.tasks import TaskManager
-
+        """(what to pass as ``tasks``, the TaskManager that finds it)."""
         data = self.spec.data
         if data.startswith(LM_EVAL_PREFIX):
-            return data[len(LM_EVAL_PREFIX):], TaskManager()
+            return data[len(LM_EVAL_PREFIX):], task_manager(None, True)
         path = Path(data)
         if path.is_dir():
             if not self.options.task:
                 raise UserError(f"evaluator {self.spec.name!r}: a task folder needs options.task")
-            return self.options.task, TaskManager(include_path=str(path))
-        return task_config_for_jsonl(self.spec.name, path, self.options), None
+            return self.options.task, task_manager(str(path), True)
+        # a whole config needs no index of lm-eval's own tasks
+        return task_config_for_jsonl(self.spec.name, path, self.options), task_manager(None, False)
 
     def evaluate(self, backend: Backend) -> EvalResult:
         from lm_eval import simple_evaluate
@@ -239,6 +239,16 @@ class BenchmarkEvaluator:
                     extra=extra,
                 ))
         return samples
+
+
+@functools.cache
+def task_manager(include_path: str | None, include_defaults: bool) -> Any:
+    """One lm-eval TaskManager per process and task folder: building the index of lm-eval's
+    own tasks reads thousands of YAML files (4 s here), which ``simple_evaluate`` would
+    otherwise do again for every cell (it builds one when given none)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def _decontamination_query(config: dict[str, Any]) -> Any:
