@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.sources.builtin",
     "harness_plugins.backends.hf",
     "harness_plugins.executors.local",
+    "harness_plugins.executors.ray",
     "harness_plugins.tuners.lora",
     "harness_plugins.tuners.dora",
     "harness_plugins.tuners.qlora",

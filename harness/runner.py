@@ -357,9 +357,10 @@ def _score_membership(samples: list[Sample], backend: Any, k: float) -> None:
                 moments.logprobs, moments.means, moments.stds, k)
 
 
-def _fail_cells(cells: list[CellPlan], error: str, tb: str | None,
+def fail_cells(cells: list[CellPlan], error: str, tb: str | None,
                 emit: Callable[[Any], None]) -> None:
-    """Cells that cannot run (their tuning or model failed) still start and finish."""
+    """Cells that cannot run (their tuning, their model or their worker failed) still start
+    and finish, as failed. Executors call it for the cells of a unit whose worker died."""
     for cell in cells:
         now = _utcnow()
         emit(CellStarted(cell))
@@ -382,7 +383,7 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                     error = f"tuning {variant.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     emit(TuningFinished(variant, None, error, tb))
-                    _fail_cells(cells, error, tb, emit)
+                    fail_cells(cells, error, tb, emit)
                     continue
             if backend is None:
                 try:
@@ -392,14 +393,14 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                     error = f"loading {unit.model.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     later = {v.key for v in unit.variants[index:]}
-                    _fail_cells([c for c in unit.cells if c.variant.key in later], error, tb, emit)
+                    fail_cells([c for c in unit.cells if c.variant.key in later], error, tb, emit)
                     backend = None
                     return
             try:
                 backend.activate(ready)
             except Exception as exc:
                 error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
-                _fail_cells(cells, error, traceback.format_exc(), emit)
+                fail_cells(cells, error, traceback.format_exc(), emit)
                 continue
             for cell in cells:
                 emit(CellStarted(cell))

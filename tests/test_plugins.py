@@ -21,7 +21,7 @@ def test_builtins_register_every_component_kind():
     assert host.names("tuner") == ["dora", "dpo", "full", "grpo", "lora", "orpo", "ppo", "qlora"]
     assert host.names("evaluator") == ["benchmark", "drift", "perplexity", "safety"]
     assert host.names("backend") == ["hf"]
-    assert host.names("executor") == ["local"]
+    assert host.names("executor") == ["local", "ray"]
     assert host.names("reporter") == ["console", "html", "markdown", "mlflow"]
     assert host.names("model_source") == ["builtin", "hub", "local"]
     assert host.component("tuner", "lora").plugin == "tuners.lora"
