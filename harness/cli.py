@@ -122,13 +122,18 @@ def _default_store() -> Path:
     return candidates[-1]
 
 
+def _suite_store(suite: Path) -> tuple[Path, str]:
+    """A suite file's store and suite name, read from its [suite] table alone."""
+    from harness.suite import read_toml
+
+    raw = read_toml(suite).get("suite", {})
+    name = raw.get("name", "suite")
+    return (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve(), name
+
+
 def _store_for(store: Path | None, suite: Path | None) -> Path:
     if store is None and suite is not None:
-        from harness.suite import read_toml
-
-        raw = read_toml(suite).get("suite", {})
-        name = raw.get("name", "suite")
-        store = (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve()
+        store = _suite_store(suite)[0]
     return store or _default_store()
 
 
@@ -160,18 +165,16 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
     from harness.components import ReportContext
     from harness.plugins import PluginHost
 
-    is_store = source.suffix == ".duckdb"
-    store = source if is_store else _store_for(None, source)
-    if not is_store and name is None:
-        from harness.suite import read_toml
-
-        name = read_toml(source).get("suite", {}).get("name")
+    store = source
+    if source.suffix != ".duckdb":
+        store, suite_name = _suite_store(source)
+        name = name or suite_name
     if not store.exists():
         raise UserError(f"{store}: no such store (run the suite first)")
     host = PluginHost.load()
     cls = host.component("reporter", "html" if fmt == "html" else "markdown").component
     reporter = cls(cls.Options(out=str(out) if out else None, suite=name))
-    reporter.report(ReportContext(store, None, name or "", Console(stderr=False)))
+    reporter.report(ReportContext(store, None, name or "", Console()))
 
 
 @main.command()

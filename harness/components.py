@@ -234,7 +234,8 @@ class Backend(Protocol):
 
     def token_moments(self, texts: Sequence[str]) -> list[TokenMoments]:
         """Each text's tokens (up to the context length) with their log-probabilities and
-        the moments of each next-token distribution: what membership scores need."""
+        the moments of each next-token distribution: what membership scores need. Optional:
+        without it the runner leaves the membership scores empty."""
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """Full next-token log-distributions (tensors) over each (prompt, continuation)'s

@@ -211,12 +211,6 @@ def outliers(values: Sequence[float], z: float) -> list[bool]:
 # -- the analysis after a run: reads the store, writes ``contamination`` -----------------
 
 
-def _key(*parts: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def analyse(store: Any, suite: Any, variants: Sequence[Any]) -> int:
     """Check every tuned variant of ``suite`` against every evaluator's items, data side and
     model side, for pairs not analysed yet with these settings. Returns the rows added.
@@ -224,49 +218,55 @@ def analyse(store: Any, suite: Any, variants: Sequence[Any]) -> int:
     ``store`` is a :class:`harness.store.Store`; ``variants`` the plan's variants (their
     keys, tuning data files and data hashes).
     """
+    from harness.runner import content_hash
+
     settings = suite.contamination
     tuned = {v.key: v for v in variants if v.tuner is not None}
     if not tuned or not store.path.exists():
         return 0
-    methods_data = ("exact", f"ngram-{settings.ngram}")
+    # the methods a new finding replaces, as LIKE patterns: the data side's under any n
+    data_methods, model_methods = ("exact", "ngram-%"), ("min-k", "min-k++")
     rows: list[list[Any]] = []
     replaced: list[tuple[str, str, tuple[str, ...]]] = []
     indexes: dict[str, NgramIndex] = {}
+    findings: dict[str, list[dict[str, Any]]] = {}
     with store.read() as con:
         if "contamination" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
             return 0
         done = {r[0] for r in con.execute("SELECT DISTINCT analysis_key FROM contamination")
                 .fetchall()}
         pairs = con.execute("""
-            SELECT t.model, t.variant, t.variant_key, t.evaluator, t.evaluator_key,
-                   t.cell_key, b.cell_key
-            FROM latest_scores t JOIN latest_scores b
-              ON b.suite = t.suite AND b.model_key = t.model_key
-             AND b.evaluator_key = t.evaluator_key AND b.variant = 'base'
-            WHERE t.suite = ? AND t.variant <> 'base'""", [suite.name]).fetchall()
+            SELECT model, variant, variant_key, evaluator, evaluator_key, variant_cell_key,
+                   base_cell_key
+            FROM base_pairs WHERE suite = ?""", [suite.name]).fetchall()
         for model, variant, variant_key, evaluator, evaluator_key, cell, base_cell in pairs:
             plan = tuned.get(variant_key)
             if plan is None:
                 continue
             dataset = plan.tuner.data
             head = [suite.name, model, variant, variant_key, evaluator, evaluator_key]
-            data_key = _key("data", plan.data_hash, base_cell, settings.ngram,
-                            settings.min_overlap)
+            # what the findings depend on; variants tuned on the same file share them
+            inputs = [plan.data_hash, base_cell, settings.ngram, settings.min_overlap]
+            data_key = content_hash(["data", variant_key, *inputs])
             if data_key not in done and Path(dataset).is_file():
-                items = [Item(index, item_id, item_text(prompt, target, json.loads(extra or "{}")))
-                         for index, item_id, prompt, target, extra in con.execute(
-                             "SELECT item_index, item_id, prompt, target, extra FROM samples "
-                             "WHERE cell_key = ? ORDER BY item_index", [base_cell]).fetchall()]
-                if plan.data_hash not in indexes:
-                    indexes[plan.data_hash] = NgramIndex(read_tuning_texts(Path(dataset)))
-                for finding in data_side(items, indexes[plan.data_hash], settings.ngram,
-                                         settings.min_overlap):
+                shared = content_hash(inputs)
+                if shared not in findings:
+                    if plan.data_hash not in indexes:
+                        indexes[plan.data_hash] = NgramIndex(read_tuning_texts(Path(dataset)))
+                    items = [Item(index, item_id,
+                                  item_text(prompt, target, json.loads(extra or "{}")))
+                             for index, item_id, prompt, target, extra in con.execute(
+                                 "SELECT item_index, item_id, prompt, target, extra FROM samples "
+                                 "WHERE cell_key = ? ORDER BY item_index", [base_cell]).fetchall()]
+                    findings[shared] = data_side(items, indexes[plan.data_hash], settings.ngram,
+                                                 settings.min_overlap)
+                for finding in findings[shared]:
                     item = finding["item"]
                     rows.append([data_key, *head, item.index, item.item_id, dataset,
                                  finding["method"], finding["score"], finding["flagged"],
                                  json.dumps(finding["detail"])])
-                replaced.append((variant_key, evaluator_key, methods_data))
-            model_key = _key("membership", cell, base_cell, settings.z)
+                replaced.append((variant_key, evaluator_key, data_methods))
+            model_key = content_hash(["membership", cell, base_cell, settings.z])
             if settings.membership and model_key not in done:
                 scored = con.execute("""
                     SELECT v.item_index, v.item_id, b.min_k, v.min_k, b.min_k_plus, v.min_k_plus
@@ -283,7 +283,7 @@ def analyse(store: Any, suite: Any, variants: Sequence[Any]) -> int:
                         rows.append([model_key, *head, r[0], r[1], dataset, method, delta,
                                      flagged, json.dumps({"base": r[base_col],
                                                           "variant": r[variant_col]})])
-                replaced.append((variant_key, evaluator_key, ("min-k", "min-k++")))
+                replaced.append((variant_key, evaluator_key, model_methods))
     if rows:
         store.record_contamination(replaced, rows)
     return len(rows)

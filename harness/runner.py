@@ -46,7 +46,8 @@ from harness.suite import NAMED_REFERENCE, ResolvedComponent, Suite, load_suite
 # -- content hashes -------------------------------------------------------------
 
 
-def _digest(payload: Any) -> str:
+def content_hash(payload: Any) -> str:
+    """SHA-256 of a JSON payload (keys sorted): cell and variant keys, analysis keys."""
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -54,7 +55,7 @@ def _digest(payload: Any) -> str:
 def data_hash(reference: str) -> str:
     """Hash a data file or folder by content; a named reference (``lm_eval:x``) by name."""
     if NAMED_REFERENCE.match(reference):
-        return _digest(reference)
+        return content_hash(reference)
     path = Path(reference)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
@@ -132,17 +133,17 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost,
         if evaluator_models.get(e.name):  # a guard or judge model is part of the evaluator
             payload["models"] = {purpose: m.fingerprint
                                  for purpose, m in sorted(evaluator_models[e.name].items())}
-        evaluator_keys[e.name] = _digest(payload)
+        evaluator_keys[e.name] = content_hash(payload)
     tuner_data = {t.name: data_hash(t.data) for t in suite.tuners}
     rewards = {name: reg.component for name, reg in host.registry()["reward"].items()}
     membership = suite.contamination.k if suite.contamination.membership else None
     variants: list[VariantPlan] = []
     cells: list[CellPlan] = []
     for model in models:
-        base_key = _digest({"model": model.fingerprint, "model_name": model.name})
+        base_key = content_hash({"model": model.fingerprint, "model_name": model.name})
         model_variants = [VariantPlan("base", base_key, model, None)]
         for tuner in suite.tuners:
-            key = _digest({
+            key = content_hash({
                 "model": model.fingerprint, "model_name": model.name,
                 "name": tuner.name, "method": tuner.kind,
                 "options": _options_payload(tuner), "data": tuner_data[tuner.name],
@@ -158,7 +159,7 @@ def make_plan(suite: Suite, models: list[ResolvedModel], host: PluginHost,
         variants.extend(model_variants)
         for variant in model_variants:
             for evaluator in suite.evaluators:
-                key = _digest({
+                key = content_hash({
                     "suite": suite.name, "variant": variant.key,
                     "evaluator": evaluator_keys[evaluator.name],
                     "backend": backend_payload, "harness": __version__,
@@ -348,9 +349,9 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
 
 def _score_membership(samples: list[Sample], backend: Any, k: float) -> None:
     """Min-K% and Min-K%++ of each item's text (prompt and target) under the active model."""
-    from harness.contamination import membership_scores
+    from harness.contamination import item_text, membership_scores
 
-    texts = [" ".join(part for part in (s.prompt, s.target) if part) for s in samples]
+    texts = [item_text(s.prompt, s.target, None) for s in samples]  # prompt and target
     for sample, moments in zip(samples, backend.token_moments(texts)):
         if moments.logprobs:
             sample.min_k, sample.min_k_plus = membership_scores(

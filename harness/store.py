@@ -189,38 +189,45 @@ SELECT s.suite, s.model, s.variant, coalesce(v.method, 'base') AS method, s.eval
 FROM latest_scores s LEFT JOIN variants v ON v.variant_key = s.variant_key
 ORDER BY s.suite, s.model, s.evaluator, s.variant = 'base' DESC, s.variant;
 
--- what tuning cost on abilities it did not target: variant minus its own base
--- on the same evaluator configuration; ``forgetting`` > 0 means worse than base;
--- the paired test on the items' scores gives a 95% interval and a p-value
-CREATE OR REPLACE VIEW forgetting AS
-SELECT t.suite, t.model, t.variant, coalesce(v.method, '') AS method, t.evaluator, t.role,
-       t.metric, b.value AS base_value, t.value AS variant_value,
-       t.value - b.value AS delta,
-       CASE WHEN t.higher_is_better THEN b.value - t.value ELSE t.value - b.value END
-           AS forgetting,
-       t.n, p.test AS paired_test, p.delta AS item_delta, p.ci_low, p.ci_high, p.p_value
+-- every tuned variant's newest primary score beside its own base's on the same evaluator
+-- configuration: the pairing that forgetting, learning_forgetting, clean_scores and the
+-- paired tests share
+CREATE OR REPLACE VIEW base_pairs AS
+SELECT t.suite, t.model, t.model_key, t.variant, t.variant_key, t.evaluator, t.evaluator_key,
+       t.role, t.metric, t.higher_is_better, t.n, b.value AS base_value,
+       t.value AS variant_value, b.cell_key AS base_cell_key, t.cell_key AS variant_cell_key
 FROM latest_scores t
 JOIN latest_scores b
   ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
  AND b.metric = t.metric AND b.variant = 'base'
-LEFT JOIN variants v ON v.variant_key = t.variant_key
-LEFT JOIN paired_tests p ON p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key
-WHERE t.variant <> 'base' AND t.role IN ('general', 'safety')
-ORDER BY t.suite, t.model, t.evaluator, t.variant;
+WHERE t.variant <> 'base';
+
+-- what tuning cost on abilities it did not target: variant minus its own base
+-- on the same evaluator configuration; ``forgetting`` > 0 means worse than base;
+-- the paired test on the items' scores gives a 95% interval and a p-value
+CREATE OR REPLACE VIEW forgetting AS
+SELECT p.suite, p.model, p.variant, coalesce(v.method, '') AS method, p.evaluator, p.role,
+       p.metric, p.base_value, p.variant_value, p.variant_value - p.base_value AS delta,
+       CASE WHEN p.higher_is_better THEN p.base_value - p.variant_value
+            ELSE p.variant_value - p.base_value END AS forgetting,
+       p.n, t.test AS paired_test, t.delta AS item_delta, t.ci_low, t.ci_high, t.p_value
+FROM base_pairs p
+LEFT JOIN variants v ON v.variant_key = p.variant_key
+LEFT JOIN paired_tests t
+       ON t.variant_cell_key = p.variant_cell_key AND t.base_cell_key = p.base_cell_key
+WHERE p.role IN ('general', 'safety')
+ORDER BY p.suite, p.model, p.evaluator, p.variant;
 
 -- each variant's gain on its target evaluators against its loss on general and safety ones,
 -- both relative to the base's value (0.10 = 10% better, or worse); averaged over evaluators
 CREATE OR REPLACE VIEW learning_forgetting AS
 WITH changes AS (
-    SELECT t.suite, t.model, t.variant, t.variant_key, t.role, p.p_value,
-           (CASE WHEN t.higher_is_better THEN t.value - b.value ELSE b.value - t.value END)
-               / nullif(abs(b.value), 0) AS gain
-    FROM latest_scores t
-    JOIN latest_scores b
-      ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
-     AND b.metric = t.metric AND b.variant = 'base'
-    LEFT JOIN paired_tests p ON p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key
-    WHERE t.variant <> 'base'
+    SELECT f.suite, f.model, f.variant, f.variant_key, f.role, t.p_value,
+           (CASE WHEN f.higher_is_better THEN f.variant_value - f.base_value
+                 ELSE f.base_value - f.variant_value END) / nullif(abs(f.base_value), 0) AS gain
+    FROM base_pairs f
+    LEFT JOIN paired_tests t
+           ON t.variant_cell_key = f.variant_cell_key AND t.base_cell_key = f.base_cell_key
 )
 SELECT c.suite, c.model, c.variant, coalesce(v.method, '') AS method,
        avg(c.gain) FILTER (WHERE c.role = 'target') AS learning,
@@ -250,19 +257,9 @@ WITH flags AS (
     SELECT variant_key, evaluator_key, item_index, bool_or(flagged) AS flagged,
            string_agg(DISTINCT method, ', ' ORDER BY method) FILTER (WHERE flagged) AS flagged_by
     FROM contamination GROUP BY variant_key, evaluator_key, item_index
-), pairs AS (
-    SELECT t.suite, t.model, t.variant, t.evaluator, t.role, t.metric, t.value AS score,
-           b.value AS base_score, t.cell_key, b.cell_key AS base_cell_key,
-           t.variant_key, t.evaluator_key
-    FROM latest_scores t
-    JOIN latest_scores b
-      ON b.suite = t.suite AND b.model_key = t.model_key AND b.evaluator_key = t.evaluator_key
-     AND b.metric = t.metric AND b.variant = 'base'
-    WHERE t.variant <> 'base'
-      AND EXISTS (SELECT 1 FROM contamination c WHERE c.variant_key = t.variant_key
-                  AND c.evaluator_key = t.evaluator_key)
 )
-SELECT p.suite, p.model, p.variant, p.evaluator, p.role, p.metric, p.base_score, p.score,
+SELECT p.suite, p.model, p.variant, p.evaluator, p.role, p.metric, p.base_value AS base_score,
+       p.variant_value AS score,
        count(*) AS items,
        count(*) FILTER (WHERE NOT coalesce(f.flagged, false)) AS clean_items,
        avg(s.score) AS item_mean,
@@ -270,11 +267,13 @@ SELECT p.suite, p.model, p.variant, p.evaluator, p.role, p.metric, p.base_score,
        avg(bs.score) AS base_item_mean,
        avg(bs.score) FILTER (WHERE NOT coalesce(f.flagged, false)) AS base_clean_item_mean,
        string_agg(DISTINCT f.flagged_by, '; ') AS flagged_by
-FROM pairs p
-JOIN samples s ON s.cell_key = p.cell_key
+FROM base_pairs p
+JOIN samples s ON s.cell_key = p.variant_cell_key
 LEFT JOIN samples bs ON bs.cell_key = p.base_cell_key AND bs.item_index = s.item_index
 LEFT JOIN flags f ON f.variant_key = p.variant_key AND f.evaluator_key = p.evaluator_key
                  AND f.item_index = s.item_index
+WHERE EXISTS (SELECT 1 FROM contamination c WHERE c.variant_key = p.variant_key
+              AND c.evaluator_key = p.evaluator_key)
 GROUP BY ALL
 ORDER BY p.suite, p.model, p.evaluator, p.variant;
 """
@@ -436,12 +435,10 @@ class Store:
             return 0
         with self.read() as con:
             pairs = con.execute("""
-                SELECT DISTINCT t.cell_key, b.cell_key FROM latest_scores t
-                JOIN latest_scores b ON b.suite = t.suite AND b.model_key = t.model_key
-                 AND b.evaluator_key = t.evaluator_key AND b.variant = 'base'
-                WHERE t.variant <> 'base' AND NOT EXISTS (
-                    SELECT 1 FROM paired_tests p
-                    WHERE p.variant_cell_key = t.cell_key AND p.base_cell_key = b.cell_key)
+                SELECT DISTINCT variant_cell_key, base_cell_key FROM base_pairs b
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM paired_tests p WHERE p.variant_cell_key = b.variant_cell_key
+                      AND p.base_cell_key = b.base_cell_key)
             """).fetchall()
             rows = []
             for variant_cell, base_cell in pairs:
@@ -464,13 +461,14 @@ class Store:
     def record_contamination(self, replaced: Sequence[tuple[str, str, Sequence[str]]],
                              rows: Sequence[Sequence[Any]]) -> None:
         """Write contamination findings (harness/contamination.py), first removing each
-        (variant key, evaluator key)'s findings of the same methods under older settings."""
+        (variant key, evaluator key)'s findings whose method matches one of the given LIKE
+        patterns: those made under older settings."""
         with self._write() as con:
-            for variant_key, evaluator_key, methods in replaced:
+            for variant_key, evaluator_key, patterns in replaced:
                 con.execute(
                     "DELETE FROM contamination WHERE variant_key = ? AND evaluator_key = ? "
-                    "AND (method IN (SELECT unnest(?)) OR (? AND method LIKE 'ngram-%'))",
-                    [variant_key, evaluator_key, list(methods), "exact" in methods])
+                    "AND EXISTS (SELECT 1 FROM unnest(?) AS p(pattern) WHERE method LIKE pattern)",
+                    [variant_key, evaluator_key, list(patterns)])
             con.executemany("INSERT INTO contamination VALUES "
                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 

@@ -52,7 +52,7 @@ SFT_ROWS = [
 
 def small_suite(root: Path, *, name: str = "small", tuners: bool = True,
                 extra: str = "") -> Path:
-    """A suite over the tiny model: base + one LoRA, two evaluators (6 cells)."""
+    """A suite over the tiny model: base + one LoRA, two evaluators (4 cells)."""
     write_jsonl(root / "data" / "mc.jsonl", MC_ROWS)
     write_jsonl(root / "data" / "text.jsonl", TEXT_ROWS)
     write_jsonl(root / "data" / "sft.jsonl", SFT_ROWS)

@@ -184,8 +184,8 @@ def test_a_run_stores_findings_and_clean_scores(run_harness, tmp_path):
     flagged_mc = {r[0] for r in con.execute(
         "SELECT DISTINCT item_id FROM contamination WHERE flagged AND evaluator = 'mc'"
     ).fetchall()}
-    assert "mc-3" in flagged_mc
-    assert mc[1:3] == (6, 6 - len(flagged_mc))
+    assert flagged_mc == {"mc-3"}
+    assert mc[1:3] == (6, 5)
     assert mc[3] == pytest.approx(sum(scores.values()) / 6)
     assert mc[4] == pytest.approx(sum(v for k, v in scores.items() if k not in flagged_mc)
                                   / (6 - len(flagged_mc)))

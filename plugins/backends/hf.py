@@ -219,9 +219,8 @@ class HFBackend:
                 probs = logdist.exp()
                 means = (probs * logdist).sum(-1)
                 stds = ((probs * logdist.square()).sum(-1) - means.square()).clamp_min(0).sqrt()
-                picked = logdist.gather(-1, _column(targets)).squeeze(-1) if targets else means[:0]
-                results.append(TokenMoments(picked.tolist(), means[: len(targets)].tolist(),
-                                            stds[: len(targets)].tolist()))
+                picked = logdist.gather(-1, _column(targets)).squeeze(-1) if targets else means
+                results.append(TokenMoments(picked.tolist(), means.tolist(), stds.tolist()))
         return results
 
     def chat_prompt(self, user_text: str) -> str:

@@ -268,12 +268,11 @@ def _contamination(reader: _Reader, label: Any) -> Section:
     items = reader.rows("""
         SELECT c.model, c.variant, c.evaluator, c.item_id, c.item_index,
                string_agg(c.method || ' ' || round(c.score, 3), ', ' ORDER BY c.method) AS methods,
-               any_value(c.detail) AS detail, any_value(s.prompt) AS prompt,
-               any_value(s.target) AS target, any_value(s.extra) AS extra
+               any_value(s.prompt) AS prompt, any_value(s.target) AS target,
+               any_value(s.extra) AS extra
         FROM contamination c
-        LEFT JOIN latest_scores b ON b.suite = c.suite AND b.model = c.model
-             AND b.evaluator_key = c.evaluator_key AND b.variant = 'base'
-        LEFT JOIN samples s ON s.cell_key = b.cell_key AND s.item_index = c.item_index
+        LEFT JOIN base_pairs p USING (variant_key, evaluator_key)
+        LEFT JOIN samples s ON s.cell_key = p.base_cell_key AND s.item_index = c.item_index
         WHERE c.suite = ? AND c.flagged
         GROUP BY c.model, c.variant, c.evaluator, c.item_id, c.item_index
         ORDER BY c.model, c.variant, c.evaluator, c.item_index""")

@@ -60,7 +60,7 @@ class DPOTuner(BaseTuner):
     Rows = PreferenceRow
 
     def tune(self, job: TuneJob) -> TuneResult:
-        dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported
+        dataset = load_rows(job.data, self.Rows)  # every row checked before trl is even imported
         lines = data_lines(job.data)
         from trl import DPOConfig, DPOTrainer
 

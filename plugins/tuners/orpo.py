@@ -39,7 +39,7 @@ class ORPOTuner(BaseTuner):
     Rows = PreferenceRow
 
     def tune(self, job: TuneJob) -> TuneResult:
-        dataset = load_rows(job.data, PreferenceRow)  # every row checked before trl is even imported
+        dataset = load_rows(job.data, self.Rows)  # every row checked before trl is even imported
         # trl 1.12 ships ORPO only under trl.experimental, whose first import warns that the
         # API is unstable. We pin trl, so the notice says nothing new; silence it here only.
         with warnings.catch_warnings():

@@ -275,7 +275,6 @@ def pair_accuracy(reward: Any, job: TuneJob) -> float:
 
 class PPOTuner(BaseTuner):
     Options = PPOOptions
-    Rows = PreferenceRow
 
     @classmethod
     def check_data(cls, path: Path, options: PPOOptions) -> None:
@@ -296,8 +295,6 @@ class PPOTuner(BaseTuner):
         reward = None
         if options.reward:
             reward = make_reward("ppo", job, options.reward, options.reward_options)
-        if reward is None:
-            load_rows(job.data, PreferenceRow)  # every row must be a preference row, checked first
         tokenizer = load_tokenizer_for(job)
         tokenizer.padding_side = "left"
         rows = read_prompts(job, tokenizer, options.max_length - options.max_completion_length)
