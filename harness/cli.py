@@ -171,6 +171,9 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
         name = name or suite_name
     if not store.exists():
         raise UserError(f"{store}: no such store (run the suite first)")
+    from harness.store import Store, lock_timeout_from_env
+
+    Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
     host = PluginHost.load()
     cls = host.component("reporter", "html" if fmt == "html" else "markdown").component
     reporter = cls(cls.Options(out=str(out) if out else None, suite=name))

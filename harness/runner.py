@@ -549,6 +549,7 @@ def run_suite(
 def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: PluginHost,
                 console: Console, show_progress: bool, clock: float) -> RunSummary:
     store = Store(suite.store_path)
+    store.ensure_current()  # a store from an older harness gets this one's tables and views
     abandoned = store.mark_abandoned_runs()
     if abandoned:
         console.print(f"{abandoned} earlier run(s) of this store ended without finishing "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -279,6 +280,10 @@ ORDER BY p.suite, p.model, p.evaluator, p.variant;
 """
 
 
+#: every view ``_VIEWS`` creates, in order
+VIEW_NAMES = tuple(re.findall(r"CREATE OR REPLACE VIEW (\w+)", _VIEWS))
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -401,6 +406,21 @@ class Store:
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             [str(SCHEMA_VERSION)])
             con.execute(_VIEWS)
+
+    def ensure_current(self) -> None:
+        """Bring an existing store up to this harness: its schema version, and every view
+        (a view added or changed by a newer harness is missing or stale in an older store
+        even at the same schema version). Reads only, when nothing is missing."""
+        if not self.path.exists():
+            return
+        with self.read() as con:
+            version = con.execute(
+                "SELECT max(value) FROM meta WHERE key = 'schema_version'").fetchone()[0] \
+                if "meta" in {r[0] for r in con.execute("SHOW TABLES").fetchall()} else None
+            views = {r[0] for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        if version != str(SCHEMA_VERSION) or not set(VIEW_NAMES) <= views:
+            self.initialise()
 
     # -- runs -------------------------------------------------------------------
 

@@ -214,3 +214,21 @@ def test_a_second_run_waits_visibly_then_fails_cleanly(tmp_path):
         "this store (still busy after 1 s; HARNESS_LOCK_TIMEOUT sets the wait)")
     assert 1 <= time.monotonic() - started < 60
     assert not (tmp_path / "results" / "small.duckdb").exists()  # nothing written
+
+
+def test_a_store_missing_a_newer_view_gets_it_and_a_current_one_is_not_rewritten(store):
+    """A store written before a view existed (same schema version) is brought up to date
+    before a run reads it; a current store is only read."""
+    import duckdb
+
+    store.initialise()
+    con = duckdb.connect(str(store.path))
+    con.execute("DROP VIEW clean_scores")
+    con.execute("DROP VIEW base_pairs")
+    con.close()
+    store.ensure_current()
+    _, views = query(store.path, "SELECT view_name FROM duckdb_views() WHERE NOT internal")
+    assert {"base_pairs", "clean_scores"} <= {v for (v,) in views}
+    before = store.path.stat().st_mtime_ns
+    store.ensure_current()
+    assert store.path.stat().st_mtime_ns == before
