@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.sources.hub",
     "harness_plugins.sources.builtin",
     "harness_plugins.backends.hf",
+    "harness_plugins.backends.vllm_engine",
     "harness_plugins.executors.local",
     "harness_plugins.executors.ray",
     "harness_plugins.tuners.lora",

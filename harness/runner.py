@@ -187,6 +187,9 @@ class CellOutcome:
     seconds: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: how the backend served the variant (``path``: ``cells.backend_path``; the rest goes
+    #: to ``cells.info`` under ``backend``), from the backend's optional ``route()``
+    route: dict[str, Any] | None = None
 
 
 @dataclass
@@ -403,9 +406,12 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                 error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
                 fail_cells(cells, error, traceback.format_exc(), emit)
                 continue
+            route = backend.route() if callable(getattr(backend, "route", None)) else None
             for cell in cells:
                 emit(CellStarted(cell))
-                emit(CellFinished(cell, _evaluate(cell, backend)))
+                outcome = _evaluate(cell, backend)
+                outcome.route = route
+                emit(CellFinished(cell, outcome))
     finally:
         if backend is not None:
             backend.close()
@@ -493,9 +499,14 @@ class _Recorder:
              "higher_is_better": m.higher_is_better, "is_primary": m.primary}
             for m in outcome.metrics
         ]
+        route = dict(outcome.route or {})
+        row["backend_path"] = route.pop("path", None)
         samples, alerts = [], []
         if outcome.result is not None:
-            row["info"] = json.dumps(outcome.result.info, default=str)
+            info = dict(outcome.result.info)
+            if route:
+                info["backend"] = route
+            row["info"] = json.dumps(info, default=str)
             warning = outcome.result.info.get("warning")
             if warning and warning not in self.warned:  # once per run, not once per cell
                 self.warned.add(warning)

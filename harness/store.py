@@ -22,7 +22,7 @@ import duckdb
 
 from harness.errors import StoreLockedError, UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one transaction
 #: when a newer harness opens an older store. New tables need none: ``_TABLES`` creates
@@ -32,6 +32,7 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON",  # version 2: cells.info
     3: "ALTER TABLE samples ADD COLUMN IF NOT EXISTS min_k DOUBLE; "  # version 4: membership
        "ALTER TABLE samples ADD COLUMN IF NOT EXISTS min_k_plus DOUBLE",
+    4: "ALTER TABLE cells ADD COLUMN IF NOT EXISTS backend_path VARCHAR",  # version 5
 }
 
 _TABLES = """
@@ -106,7 +107,8 @@ CREATE TABLE IF NOT EXISTS cells (
     seconds DOUBLE,
     started_at TIMESTAMP,
     finished_at TIMESTAMP,
-    info JSON
+    info JSON,
+    backend_path VARCHAR
 );
 -- metrics and samples carry no primary key: a cell's rows are replaced by a
 -- delete and an insert inside one transaction, which DuckDB's index checks

@@ -6,6 +6,7 @@ and the field. Data paths are relative to the suite file, and so is the store.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 import dataclasses
@@ -250,10 +251,15 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
 
     def component(kind: str, name: str, label: str, field: str) -> Any | None:
         try:
-            return host.component(kind, name).component
+            cls = host.component(kind, name).component
         except UserError as exc:
             problem(label, field, str(exc))
             return None
+        for module, install in getattr(cls, "needs_packages", {}).items():
+            if importlib.util.find_spec(module) is None:
+                problem(label, field, f"the {kind} {name!r} needs the Python package "
+                                      f"{module!r}, which is not installed: {install}")
+        return cls
 
     def options(cls: Any, values: dict[str, Any], label: str) -> Any:
         options_model = getattr(cls, "Options", None)

@@ -118,8 +118,8 @@ def test_schema_version_is_checked(store):
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
-    """Version 1 had no cells.info, no samples.min_k or min_k_plus, and no alerts,
-    paired_tests or contamination table: opening it adds them, keeps the cells, and records
+    """Version 1 had no cells.info or backend_path, no samples.min_k or min_k_plus, and no
+    alerts, paired_tests or contamination table: opening it adds them, keeps the cells, and records
     the current version."""
     import duckdb
 
@@ -129,15 +129,16 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     con.execute("DROP TABLE paired_tests")
     con.execute("DROP TABLE contamination")
     con.execute("ALTER TABLE cells DROP COLUMN info")
+    con.execute("ALTER TABLE cells DROP COLUMN backend_path")
     con.execute("ALTER TABLE samples DROP COLUMN min_k")
     con.execute("ALTER TABLE samples DROP COLUMN min_k_plus")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     store.initialise()
-    _, rows = query(store.path, "SELECT cell_key, info FROM cells")
-    assert rows == [("c1", None)]
+    _, rows = query(store.path, "SELECT cell_key, info, backend_path FROM cells")
+    assert rows == [("c1", None, None)]
     _, version = query(store.path, "SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == [("4",)]
+    assert version == [("5",)]
     _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
                                    "WHERE table_name = 'samples' ORDER BY ordinal_position")
     assert [c for (c,) in columns][-2:] == ["min_k", "min_k_plus"]

@@ -142,13 +142,13 @@ class HFBackend:
 
         width = self.max_length
         stride = min(stride or width, width)
-        encoded = [self._encode(text) for text in texts]
+        encoded = [self.encode(text) for text in texts]
         windows: list[tuple[int, list[int], list[int]]] = []  # (text index, input, targets)
         for index, ids in enumerate(encoded):
             pairs = get_rolling_token_windows(ids, self.prefix_token_id, width, width - stride + 1)
             for context, predicted in map(make_disjoint_window, pairs):
                 windows.append((index, context + predicted[:-1], predicted))
-        picked = self._score_windows([(inputs, targets) for _, inputs, targets in windows])
+        picked = self.score_windows([(inputs, targets) for _, inputs, targets in windows])
         logprobs: list[list[float]] = [[] for _ in texts]
         for (index, _, _), values in zip(windows, picked):
             logprobs[index].extend(values)
@@ -170,7 +170,7 @@ class HFBackend:
                                 attention_mask=mask.to(self.device)).logits
         return logits.float()
 
-    def _score_windows(self, windows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def score_windows(self, windows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
         """For each (input, targets): log P(target) at the input's last len(targets) positions."""
         results: list[list[float]] = []
         batch = self.options.batch_size
@@ -192,8 +192,8 @@ class HFBackend:
         results: list[Any] = []
         rows = []
         for prompt, continuation in pairs:
-            context = [self.prefix_token_id, *self._encode(prompt)]
-            target = self._encode(continuation)[: self.max_length - 1]
+            context = [self.prefix_token_id, *self.encode(prompt)]
+            target = self.encode(continuation)[: self.max_length - 1]
             context = context[-(self.max_length - len(target)):]  # keep the prompt's end
             rows.append((context + target, len(target)))
         for start in range(0, len(rows), self.options.batch_size):
@@ -207,7 +207,7 @@ class HFBackend:
         """Each text's first ``max_length - 1`` tokens, after the prefix token: their
         log-probabilities and the mean and standard deviation of the log-probability under
         the next-token distribution at each position (Min-K%++'s normalisers)."""
-        rows = [[self.prefix_token_id, *self._encode(text)[: self.max_length - 1]]
+        rows = [[self.prefix_token_id, *self.encode(text)[: self.max_length - 1]]
                 for text in texts]
         results: list[TokenMoments] = []
         for start in range(0, len(rows), self.options.batch_size):
@@ -232,7 +232,8 @@ class HFBackend:
             [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
         )
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text, without special tokens."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @contextmanager
@@ -275,27 +276,28 @@ class HFBackend:
                         pad_token_id=tok.pad_token_id,
                     )
                 new_tokens = generated[:, enc["input_ids"].shape[1]:]
-                for text in tok.batch_decode(new_tokens, skip_special_tokens=True):
-                    for marker in stop:
-                        if marker and marker in text:
-                            text = text[: text.index(marker)]
-                    outputs.append(text)
+                outputs.extend(cut_at_stop(text, stop) for text in
+                               tok.batch_decode(new_tokens, skip_special_tokens=True))
         finally:
             tok.padding_side, tok.truncation_side = previous
         return outputs
+
+    def route(self) -> dict[str, Any]:
+        """How the active variant is served (``cells.backend_path``): always here."""
+        return {"path": "hf"}
 
     def lm_eval_model(self) -> Any:
         """An lm-eval ``HFLM`` around the model already in memory (made once per model)."""
         key = id(self.model)
         if key not in self._lm_eval:
-            self._lm_eval[key] = _quiet_hflm()(
+            self._lm_eval[key] = quiet_hflm()(
                 pretrained=self.model, tokenizer=self.tokenizer,
                 batch_size=self.options.batch_size, max_length=self.options.max_length,
             )
         return self._lm_eval[key]
 
 
-def _quiet_hflm() -> type:
+def quiet_hflm() -> type:
     """lm-eval's ``HFLM``, whose request loops honour ``TQDM_DISABLE`` (which ``harness run``
     sets under its own progress display): lm-eval passes ``disable_tqdm=False`` explicitly."""
     import os
@@ -316,6 +318,14 @@ def _quiet_hflm() -> type:
             return super().generate_until(requests, disable_tqdm=True)
 
     return QuietHFLM
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the earliest of the stop strings."""
+    for marker in stop:
+        if marker and marker in text:
+            text = text[: text.index(marker)]
+    return text
 
 
 def _column(values: list[int]) -> Any:

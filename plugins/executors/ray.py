@@ -33,6 +33,9 @@ def _run_remote(unit: Any, work: Any, queue: Any) -> None:
 
 class RayExecutor:
     Options = RayOptions
+    #: Python packages this executor imports, with how to install them (checked when a
+    #: suite is validated)
+    needs_packages = {"ray": "pip install 'harness[ray]'"}
 
     def __init__(self, options: RayOptions | None = None) -> None:
         self.options = options or RayOptions()

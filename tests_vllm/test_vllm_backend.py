@@ -1,0 +1,113 @@
+"""The vLLM backend on a real vLLM engine, against the hf backend on the same model.
+
+Both hold SmolLM2-135M-Instruct in float32 on the CPU here, so the engine and
+transformers agree to float rounding: greedy texts are equal and log-probabilities
+agree to 1e-3.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.components import Variant
+from harness_plugins.backends.hf import HFBackend, HFOptions
+from harness_plugins.backends.vllm_engine import AdapterNotApplied, VLLMBackend, VLLMOptions
+
+from conftest import make_adapter
+
+PROMPTS = ["The capital of France is", "Write one sentence about rain.", "1, 2, 3,"]
+TEXTS = ["The river runs through the old town and into the sea.",
+         "Bread is made from flour, water, salt and yeast."]
+
+
+@pytest.fixture(scope="module")
+def adapters(smollm2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": make_adapter(smollm2.path, root / "a", seed=1),
+        "b": make_adapter(smollm2.path, root / "b", seed=2),
+        "wide": make_adapter(smollm2.path, root / "wide", seed=3, r=128),
+        "dora": make_adapter(smollm2.path, root / "dora", seed=4, use_dora=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    backend = VLLMBackend(VLLMOptions(max_length=512, max_lora_rank=16))
+    backend.load(smollm2)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    backend = HFBackend(HFOptions(max_length=512))
+    backend.load(smollm2)
+    yield backend
+    backend.close()
+
+
+def _variant(model, name, path, kind="adapter"):
+    return Variant(name, f"key-{name}", model, kind, path)
+
+
+def test_lora_requests_match_peft_on_one_engine(engine, reference, smollm2, adapters):
+    engine_id = engine.engine_id
+    for name in ("a", "b"):
+        variant = _variant(smollm2, name, adapters[name])
+        engine.activate(variant)
+        reference.activate(variant)
+        route = engine.route()
+        assert route["path"] == "vllm-lora" and route["engine"] == engine_id
+        check = route["adapter_check"]
+        assert check["to_adapter"] < 1e-3 < 0.1 < check["adapter_moves_base"]
+        assert engine.generate(PROMPTS, 12) == reference.generate(PROMPTS, 12)
+        with engine.as_base(), reference.as_base():
+            assert engine.generate(PROMPTS, 12) == reference.generate(PROMPTS, 12)
+    assert engine.engine_id == engine_id  # no reload between adapters
+
+
+def test_the_two_adapters_differ_from_each_other_and_the_base(engine, smollm2, adapters):
+    outputs = {}
+    engine.activate(Variant("base", "key-base", smollm2, "base"))
+    assert engine.route()["path"] == "vllm"
+    outputs["base"] = engine.generate(PROMPTS, 12)
+    for name in ("a", "b"):
+        engine.activate(_variant(smollm2, name, adapters[name]))
+        outputs[name] = engine.generate(PROMPTS, 12)
+    assert len({tuple(v) for v in outputs.values()}) == 3
+
+
+def test_engine_log_likelihood_matches_transformers(engine, smollm2, adapters):
+    engine.activate(_variant(smollm2, "a", adapters["a"]))
+    engine.options.loglikelihood = "vllm"
+    try:
+        on_engine = engine.score_texts(TEXTS)
+    finally:
+        engine.options.loglikelihood = "hf"
+    on_copy = engine.score_texts(TEXTS)
+    for left, right in zip(on_engine, on_copy):
+        assert left.token_ids == right.token_ids
+        assert max(abs(x - y) for x, y in zip(left.logprobs, right.logprobs)) < 1e-3
+
+
+def test_planted_mismatch_fails_the_check(engine, smollm2, adapters, monkeypatch):
+    """The failure users of other tools report: the engine silently runs the base."""
+    run = VLLMBackend._run
+    monkeypatch.setattr(VLLMBackend, "_run",
+                        lambda self, prompts, params, lora: run(self, prompts, params, None))
+    with pytest.raises(AdapterNotApplied, match="closer to the untouched base"):
+        engine.activate(_variant(smollm2, "a", adapters["a"]))
+
+
+@pytest.mark.parametrize("name, reason", [("wide", "greater than max_lora_rank"),
+                                          ("dora", "DoRA")])
+def test_adapters_the_engine_cannot_serve_go_to_transformers(engine, reference, smollm2,
+                                                             adapters, name, reason):
+    variant = _variant(smollm2, name, adapters[name])
+    engine.activate(variant)
+    reference.activate(variant)
+    route = engine.route()
+    assert route["path"] == "hf" and reason in route["reason"]
+    assert route["generate"] == route["loglikelihood"] == "hf"
+    assert engine.generate(PROMPTS, 8) == reference.generate(PROMPTS, 8)
