@@ -87,6 +87,27 @@ def test_broken_suite(tmp_path, case):
     _check(tmp_path, suite, expected)
 
 
+@pytest.mark.parametrize("kind, table, package, install", [
+    ("vllm", "backend", "vllm", "pip install 'harness[vllm]'"),
+    ("ray", "executor", "ray", "pip install 'harness[ray]'"),
+])
+def test_component_whose_package_is_missing(tmp_path, monkeypatch, kind, table, package,
+                                            install):
+    """A backend or executor whose library is not installed is named at validation."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == package else find_spec(name, *args))
+    suite = small_suite(tmp_path, extra=f'\n[{table}]\nkind = "{kind}"\n' if table == "executor"
+                        else "")
+    if table == "backend":
+        suite.write_text(suite.read_text().replace('kind = "hf"\noptions = { batch_size = 4 }',
+                                                   f'kind = "{kind}"'))
+    _check(tmp_path, suite, f"[{table}] field 'kind': the {table} {kind!r} needs the Python "
+                            f"package {package!r}, which is not installed: {install}")
+
+
 @pytest.mark.parametrize("case", sorted(ROWS))
 def test_broken_data_file(tmp_path, case):
     name, content, expected = ROWS[case]

@@ -43,3 +43,13 @@ def test_ci_runs_the_readme_test_command():
     assert wanted[-1] == "pytest" and any(w.startswith("pip install") for w in wanted)
     assert [c for c in _commands(ci) if c in wanted] == wanted  # the same commands, in order
     assert "harness run suites/quickstart.toml" in readme
+
+
+def test_ci_runs_the_readme_vllm_command():
+    """The vLLM target's command in the README is the one CI runs."""
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    block = readme.split("`.ci/run` runs them after the", 1)[1].split("```bash", 1)[1]
+    wanted = _commands(block.split("```", 1)[0])
+    assert wanted == ["bash scripts/vllm-cpu-venv", ".venv-vllm/bin/python -m pytest tests_vllm"]
+    assert [c for c in _commands(ci) if c in wanted] == wanted

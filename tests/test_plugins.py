@@ -20,7 +20,7 @@ def test_builtins_register_every_component_kind():
     host = PluginHost.load(entry_points=False)
     assert host.names("tuner") == ["dora", "dpo", "full", "grpo", "lora", "orpo", "ppo", "qlora"]
     assert host.names("evaluator") == ["benchmark", "drift", "perplexity", "safety"]
-    assert host.names("backend") == ["hf"]
+    assert host.names("backend") == ["hf", "vllm"]
     assert host.names("executor") == ["local", "ray"]
     assert host.names("reporter") == ["console", "html", "markdown", "mlflow"]
     assert host.names("model_source") == ["builtin", "hub", "local"]

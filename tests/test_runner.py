@@ -64,10 +64,10 @@ def test_run_prints_base_and_variant_scores(finished):
 def test_run_stores_cells_metrics_samples_and_training_record(finished):
     _, _, store, _ = finished
     con = duckdb.connect(str(store), read_only=True)
-    cells = con.execute("SELECT variant_name, evaluator, status FROM cells "
+    cells = con.execute("SELECT variant_name, evaluator, status, backend_path FROM cells "
                         "ORDER BY variant_name, evaluator").fetchall()
-    assert cells == [("base", "mc", "done"), ("base", "text", "done"),
-                     ("lora-a", "mc", "done"), ("lora-a", "text", "done")]
+    assert cells == [("base", "mc", "done", "hf"), ("base", "text", "done", "hf"),
+                     ("lora-a", "mc", "done", "hf"), ("lora-a", "text", "done", "hf")]
     metrics = {(r[0], r[1]) for r in con.execute(
         "SELECT c.evaluator, m.metric FROM metrics m JOIN cells c USING (cell_key)").fetchall()}
     assert {("mc", "acc"), ("mc", "acc_norm"), ("text", "perplexity"), ("text", "token_nll"),

@@ -78,16 +78,19 @@ def test_the_two_adapters_differ_from_each_other_and_the_base(engine, smollm2, a
     assert len({tuple(v) for v in outputs.values()}) == 3
 
 
-def test_engine_log_likelihood_matches_transformers(engine, smollm2, adapters):
-    engine.activate(_variant(smollm2, "a", adapters["a"]))
+@pytest.mark.parametrize("variant", ["base", "a"])
+def test_engine_log_likelihood_matches_transformers(engine, smollm2, adapters, variant):
+    engine.activate(Variant("base", "key-base", smollm2, "base") if variant == "base"
+                    else _variant(smollm2, variant, adapters[variant]))
+    texts = [text * repeat for text in TEXTS for repeat in (1, 3, 7)]
     engine.options.loglikelihood = "vllm"
     try:
-        on_engine = engine.score_texts(TEXTS)
+        on_engine = engine.score_texts(texts)
     finally:
         engine.options.loglikelihood = "hf"
-    on_copy = engine.score_texts(TEXTS)
+    on_copy = engine.score_texts(texts)
     for left, right in zip(on_engine, on_copy):
-        assert left.token_ids == right.token_ids
+        assert left.token_ids == right.token_ids and len(left.logprobs) == len(right.logprobs)
         assert max(abs(x - y) for x, y in zip(left.logprobs, right.logprobs)) < 1e-3
 
 

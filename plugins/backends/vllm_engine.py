@@ -283,7 +283,11 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
-        outputs = self._run(sequences, params, self._request)
+        # With LoRA enabled, vLLM computes prompt log-probabilities with one LoRA index per
+        # request, not per token (vLLM issues 16668, 29955): a batch of several prompts
+        # fails, the base's included. One prompt per call gets the right numbers.
+        outputs = [out for sequence in sequences
+                   for out in self._run([sequence], params, self._request)]
         results = []
         for sequence, output in zip(sequences, outputs):
             steps = output.prompt_logprobs[1:]
