@@ -24,6 +24,7 @@ its entry point with ``if __name__ == "__main__":`` (``harness run`` does).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -138,6 +139,9 @@ class VLLMBackend:
     # -- lifecycle ----------------------------------------------------------------
 
     def load(self, model: ResolvedModel) -> None:
+        # vLLM logs every engine step at INFO, over the run's progress display; warnings
+        # and errors still show (VLLM_LOGGING_LEVEL set by the user wins)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         opts = self.options
