@@ -94,6 +94,54 @@ def test_engine_log_likelihood_matches_transformers(engine, smollm2, adapters, v
         assert max(abs(x - y) for x, y in zip(left.logprobs, right.logprobs)) < 1e-3
 
 
+@pytest.mark.parametrize("stride", [None, 200])
+def test_engine_rolling_windows_match_transformers_with_the_same_width(engine, smollm2,
+                                                                       adapters, stride):
+    """A text three times the context: the engine's windows are two tokens shorter, so the
+    copy is given the same width for the comparison."""
+    engine.activate(_variant(smollm2, "a", adapters["a"]))
+    text = " ".join(TEXTS) * 60  # about 1,500 tokens against max_length 512
+    engine.options.loglikelihood = "vllm"
+    try:
+        [on_engine] = engine.score_texts([text], stride=stride)
+    finally:
+        engine.options.loglikelihood = "hf"
+    engine.hf.options.max_length = engine.max_length - 2
+    try:
+        [on_copy] = engine.score_texts([text], stride=stride)
+    finally:
+        engine.hf.options.max_length = 512
+    assert len(on_engine.token_ids) > 3 * 512
+    assert len(on_engine.logprobs) == len(on_copy.logprobs) == len(on_engine.token_ids)
+    assert max(abs(x - y) for x, y in zip(on_engine.logprobs, on_copy.logprobs)) < 1e-3
+
+
+def test_lm_eval_multiple_choice_on_the_engine_matches_transformers(engine, smollm2, adapters,
+                                                                    tmp_path):
+    """lm-eval's loglikelihood requests answered by the engine (one prompt per call) and by
+    the copy give the same per-choice log-likelihoods."""
+    from harness.components import EvaluatorSpec
+    from harness.testing import write_jsonl
+    from harness_plugins.evaluators.benchmark import BenchmarkEvaluator, BenchmarkOptions
+
+    rows = [{"id": f"mc-{i}", "question": f"What is {i} + {i}?",
+             "choices": [str(2 * i), str(2 * i + 1), str(2 * i + 3)], "answer": 0}
+            for i in range(1, 6)]
+    data = write_jsonl(tmp_path / "mc.jsonl", rows)
+    spec = EvaluatorSpec("mc", "benchmark", "general", str(data), 0)
+    engine.activate(_variant(smollm2, "b", adapters["b"]))
+    results = {}
+    for route in ("vllm", "hf"):
+        engine.options.loglikelihood = route  # read by the lm-eval wrapper as it answers
+        results[route] = BenchmarkEvaluator(spec, BenchmarkOptions()).evaluate(engine)
+    engine.options.loglikelihood = "hf"
+    on_engine = [lp for sample in results["vllm"].samples for lp in sample.logprobs]
+    on_copy = [lp for sample in results["hf"].samples for lp in sample.logprobs]
+    assert len(on_engine) == len(on_copy) == 15
+    assert max(abs(x - y) for x, y in zip(on_engine, on_copy)) < 1e-3
+    assert [m.value for m in results["vllm"].metrics] == [m.value for m in results["hf"].metrics]
+
+
 def test_planted_mismatch_fails_the_check(engine, smollm2, adapters, monkeypatch):
     """The failure users of other tools report: the engine silently runs the base."""
     run = VLLMBackend._run

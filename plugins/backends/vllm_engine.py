@@ -63,7 +63,9 @@ class VLLMOptions(Options):
     device: str = Field(default="auto", description="device of the transformers copy")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights' dtype in the engine and the copy; auto: "
-                                    "bfloat16 on a GPU, float32 on a CPU")
+                                    "bfloat16 on a GPU, float32 on a CPU, for each of the "
+                                    "two on its own device (the engine takes a GPU when "
+                                    "there is one)")
     max_length: int | None = Field(default=None, gt=1, description=(
         "longest sequence; default: the model's own limit"))
     # the engine
@@ -272,12 +274,13 @@ class VLLMBackend:
 
     def engine_generate(self, contexts: Sequence[list[int]], max_new_tokens: int,
                         stop: Sequence[str], temperature: float = 0.0,
-                        seed: int | None = None) -> list[str]:
-        """Completions of token prompts from the engine, cut at the first stop string."""
+                        seed: int | None = None, **sampling: Any) -> list[str]:
+        """Completions of token prompts from the engine, cut at the first stop string;
+        greedy unless a temperature is given (``sampling``: top_p, top_k)."""
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens,
-                                stop=[s for s in stop if s] or None, seed=seed)
+                                stop=[s for s in stop if s] or None, seed=seed, **sampling)
         outputs = self._run(contexts, params, self._request)
         return [cut_at_stop(o.outputs[0].text, stop) for o in outputs]
 
@@ -314,8 +317,8 @@ class VLLMBackend:
         """Greedy completions; prompts too long keep their end, as on the hf backend."""
         if not self._on_engine:
             return self.hf.generate(prompts, max_new_tokens, stop)
-        keep = self.max_length - max_new_tokens
-        contexts = [self.hf.encode(p)[-keep:] for p in prompts]
+        contexts = [_keep_end(self.hf.encode(p), self.max_length - max_new_tokens)
+                    for p in prompts]
         return self.engine_generate(contexts, max_new_tokens, stop)
 
     def score_texts(self, texts: Sequence[str], stride: int | None = None) -> list[TokenScores]:
@@ -323,9 +326,10 @@ class VLLMBackend:
             return self.hf.score_texts(texts, stride)
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-        # The engine scores whole sequences (window plus the token it predicts last), so
-        # its windows are one token shorter than the copy's to fit the engine's limit.
-        width = self.max_length - 1
+        # The engine takes a prompt of at most max_length - 1 tokens (it must also generate
+        # one), and a window's prompt holds its context token too: windows are two tokens
+        # shorter than the copy's.
+        width = self.max_length - 2
         stride = min(stride or width, width)
         encoded = [self.hf.encode(text) for text in texts]
         windows: list[tuple[int, list[int], int]] = []  # (text, tokens, predicted count)
@@ -390,14 +394,17 @@ def _engine_lm(backend: VLLMBackend) -> Any:
                 until = [until] if isinstance(until, str) else list(until)
                 if eos not in until:
                     until.append(eos)
-                max_new = int(kwargs.get("max_gen_toks", self.max_gen_toks))
+                # lm-eval's own names for the length, in its order of precedence
+                max_new = int(next((kwargs[k] for k in ("max_gen_toks", "max_new_tokens",
+                                                        "max_tokens") if k in kwargs),
+                                   self.max_gen_toks))
                 greedy = not kwargs.get("do_sample", False) or not kwargs.get("temperature")
-                keep = self.max_length - max_new
-                contexts = [self.tok_encode(calls[i][0])[-keep:] for i in indices]
-                texts = backend.engine_generate(
-                    contexts, max_new, until,
-                    temperature=0.0 if greedy else float(kwargs["temperature"]),
-                    seed=None if greedy else kwargs.get("seed"))
+                contexts = [_keep_end(self.tok_encode(calls[i][0]), self.max_length - max_new)
+                            for i in indices]
+                sampling = {} if greedy else {
+                    "temperature": float(kwargs["temperature"]), "seed": kwargs.get("seed"),
+                    **{k: kwargs[k] for k in ("top_p", "top_k") if k in kwargs}}
+                texts = backend.engine_generate(contexts, max_new, until, **sampling)
                 for i, text in zip(indices, texts):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", calls[i], text)
@@ -406,19 +413,45 @@ def _engine_lm(backend: VLLMBackend) -> Any:
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             if backend.options.loglikelihood == "hf":
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
-            sequences = [(context + continuation)[-self.max_length:]
-                         for _, context, continuation in requests]
+            limit = self.max_length - 1  # the engine generates one token after the prompt
+            sequences = []
+            for _, context, continuation in requests:
+                if not context or not continuation or len(continuation) >= limit:
+                    raise ValueError(f"a loglikelihood request needs a context and a "
+                                     f"continuation of 1 to {limit - 1} tokens on the engine; "
+                                     f"got {len(context)} and {len(continuation)}")
+                sequences.append((context + continuation)[-limit:])
             results = []
             for (key, _, continuation), scored in zip(requests, backend.engine_logprobs(sequences)):
                 picked = scored[-len(continuation):]
                 answer = (sum(lp for lp, _ in picked), all(greedy for _, greedy in picked))
                 results.append(answer)
-                self.cache_hook.add_partial("loglikelihood", key, answer)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+            return results
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=True):
+            """Whole texts in rolling windows: the backend's ``score_texts`` (lm-eval's own
+            windows, two tokens shorter on the engine)."""
+            if backend.options.loglikelihood == "hf":
+                return super().loglikelihood_rolling(requests, disable_tqdm=True)
+            texts = [req.args[0] for req in requests]
+            results = [sum(s.logprobs) for s in backend.score_texts(texts)]
+            for text, value in zip(texts, results):
+                self.cache_hook.add_partial("loglikelihood_rolling", (text,), value)
             return results
 
     hf = backend.hf
     return EngineLM(pretrained=hf.model, tokenizer=hf.tokenizer,
-                    batch_size=hf.options.batch_size, max_length=hf.options.max_length)
+                    batch_size=hf.options.batch_size, max_length=backend.max_length)
+
+
+def _keep_end(ids: list[int], keep: int) -> list[int]:
+    """A prompt's last ``keep`` tokens (the end, next to the answer)."""
+    if keep <= 0:
+        raise ValueError(f"no room for a prompt: the generation length leaves {keep} of the "
+                         "context's tokens")
+    return ids[-keep:]
 
 
 def _picked(step: dict[int, Any], token: int) -> float:
