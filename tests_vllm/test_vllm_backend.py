@@ -100,7 +100,7 @@ def test_engine_rolling_windows_match_transformers_with_the_same_width(engine, s
     """A text three times the context: the engine's windows are two tokens shorter, so the
     copy is given the same width for the comparison."""
     engine.activate(_variant(smollm2, "a", adapters["a"]))
-    text = " ".join(TEXTS) * 60  # about 1,500 tokens against max_length 512
+    text = " ".join(TEXTS) * 80  # about 1,900 tokens against max_length 512
     engine.options.loglikelihood = "vllm"
     try:
         [on_engine] = engine.score_texts([text], stride=stride)
