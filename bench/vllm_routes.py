@@ -51,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    import transformers
     import vllm
 
     from harness.components import EvaluatorSpec, ResolvedModel, Variant
@@ -70,7 +71,7 @@ def main() -> None:
     capitals = EvaluatorSpec("capitals", "benchmark", "general",
                              str(REPO / "suites" / "data" / "capitals.jsonl"), 0)
     result: dict = {"python": platform.python_version(), "torch": torch.__version__,
-                    "vllm": vllm.__version__,
+                    "transformers": transformers.__version__, "vllm": vllm.__version__,
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                     else platform.processor() or "cpu"}
 
@@ -98,8 +99,7 @@ def main() -> None:
         engine.activate(variant)
         row = {"variant": variant.name}
         for route in ("vllm", "hf"):
-            engine.options.loglikelihood = route
-            engine._lm = None  # a fresh lm-eval wrapper for the route
+            engine.options.loglikelihood = route  # read by the lm-eval wrapper as it answers
             scores, row[f"score_texts_{route}_seconds"] = _timed(
                 lambda: engine.score_texts(texts))
             row[f"score_texts_{route}_sum"] = sum(sum(s.logprobs) for s in scores)

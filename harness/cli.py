@@ -124,11 +124,11 @@ def _default_store() -> Path:
 
 def _suite_store(suite: Path) -> tuple[Path, str]:
     """A suite file's store and suite name, read from its [suite] table alone."""
-    from harness.suite import read_toml
+    from harness.suite import read_toml, store_path
 
     raw = read_toml(suite).get("suite", {})
     name = raw.get("name", "suite")
-    return (suite.parent / (raw.get("store") or f"results/{name}.duckdb")).resolve(), name
+    return store_path(suite, name, raw.get("store")), name
 
 
 def _store_for(store: Path | None, suite: Path | None) -> Path:

@@ -7,6 +7,12 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class UserError(Exception):
     """A problem with the user's input. ``lines`` are printed one per line."""
 

@@ -339,7 +339,7 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
                 "expected EvalResult"
             )
         if cell.membership_k is not None and result.samples \
-                and hasattr(backend, "token_moments"):  # optional for a backend
+                and _has(backend, "token_moments"):  # optional for a backend
             _score_membership(result.samples, backend, cell.membership_k)
         return CellOutcome("done", result.metrics, result, seconds=time.perf_counter() - clock,
                            started_at=started, finished_at=_utcnow())
@@ -348,6 +348,11 @@ def _evaluate(cell: CellPlan, backend: Any) -> CellOutcome:
                            traceback=traceback.format_exc(),
                            seconds=time.perf_counter() - clock, started_at=started,
                            finished_at=_utcnow())
+
+
+def _has(backend: Any, method: str) -> bool:
+    """Whether a backend implements one of the protocol's optional methods."""
+    return callable(getattr(backend, method, None))
 
 
 def _score_membership(samples: list[Sample], backend: Any, k: float) -> None:
@@ -406,7 +411,7 @@ def run_unit(unit: Unit, emit: Callable[[Any], None]) -> None:
                 error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
                 fail_cells(cells, error, traceback.format_exc(), emit)
                 continue
-            route = backend.route() if callable(getattr(backend, "route", None)) else None
+            route = backend.route() if _has(backend, "route") else None  # optional
             for cell in cells:
                 emit(CellStarted(cell))
                 outcome = _evaluate(cell, backend)

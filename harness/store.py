@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from harness.errors import StoreLockedError, UserError
+from harness.errors import StoreLockedError, UserError, first_line
 
 SCHEMA_VERSION = 5
 
@@ -602,12 +602,12 @@ def query(path: Path, sql: str, params: Sequence[Any] = (),
         try:
             cursor = con.execute(sql, list(params))
         except duckdb.Error as exc:
-            first_line = str(exc).splitlines()[0]
-            if isinstance(exc, duckdb.PermissionException) or "read-only" in first_line \
-                    or "configuration has been locked" in first_line:
-                raise UserError(f"query refused: queries may only read the store ({first_line})") \
+            message = first_line(exc)
+            if isinstance(exc, duckdb.PermissionException) or "read-only" in message \
+                    or "configuration has been locked" in message:
+                raise UserError(f"query refused: queries may only read the store ({message})") \
                     from None
-            raise UserError(f"query failed: {first_line}") from None
+            raise UserError(f"query failed: {message}") from None
         if cursor.description is None:
             return [], []
         columns = [d[0] for d in cursor.description]

@@ -9,15 +9,14 @@ from __future__ import annotations
 import importlib.util
 import re
 import tomllib
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.components import Role
-from harness.errors import UserError
+from harness.errors import UserError, first_line
 from harness.plugins import PluginHost
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -122,7 +121,7 @@ class Suite:
     backend: ResolvedComponent
     executor: ResolvedComponent
     reporters: list[ResolvedComponent]
-    contamination: ContaminationSection = dataclasses.field(default_factory=ContaminationSection)
+    contamination: ContaminationSection = field(default_factory=ContaminationSection)
 
     @property
     def base_dir(self) -> Path:
@@ -194,6 +193,12 @@ def load_suite(path: str | Path, host: PluginHost) -> Suite:
     return _resolve(path, parsed, host)
 
 
+def store_path(suite_file: Path, name: str, store: str | None) -> Path:
+    """Where a suite's store lives: its ``[suite] store``, else ``results/<name>.duckdb``,
+    relative to the suite file's folder."""
+    return (suite_file.parent / (store or f"results/{name}.duckdb")).resolve()
+
+
 def unmet_requirement(text: str) -> str | None:
     """Why an installed-distribution requirement ("harness-plugin-example>=0.1") is not
     met, or None when it is. Uses packaging's requirement syntax and version rules."""
@@ -204,7 +209,7 @@ def unmet_requirement(text: str) -> str | None:
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:
-        return f"{text!r} is not a requirement: {str(exc).splitlines()[0]}"
+        return f"{text!r} is not a requirement: {first_line(exc)}"
     try:
         installed = version(requirement.name)
     except PackageNotFoundError:
@@ -331,12 +336,11 @@ def _resolve(path: Path, parsed: SuiteFile, host: PluginHost) -> Suite:
     if problems:
         raise UserError(*problems)
 
-    store = parsed.suite.store or f"results/{parsed.suite.name}.duckdb"
     return Suite(
         path=path,
         name=parsed.suite.name,
         seed=parsed.suite.seed,
-        store_path=(base_dir / store).resolve(),
+        store_path=store_path(path, parsed.suite.name, parsed.suite.store),
         models=parsed.models,
         tuners=tuners,
         evaluators=evaluators,

@@ -95,6 +95,15 @@ options = {{ batch_size = 4 }}
     return path
 
 
+def planted_suite(root: Path, extra: str = "") -> Path:
+    """``small_suite`` with one evaluation item leaked into its tuning data."""
+    path = small_suite(root, extra=extra)
+    leaked = MC_ROWS[2]  # "What is 3 + 3?" with its answer, copied into the tuning data
+    write_jsonl(root / "data" / "sft.jsonl",
+                [*SFT_ROWS, {"prompt": leaked["question"], "completion": leaked["choices"][0]}])
+    return path
+
+
 def completion_nll(model, tokenizer, rows) -> float:
     """Mean -log p over completion tokens, the prompt rendered with the chat template."""
     import torch

@@ -3,9 +3,7 @@ Min-K% and Min-K%++ by hand, and the findings a run stores."""
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -22,7 +20,7 @@ from harness.contamination import (
     outliers,
     read_tuning_texts,
 )
-from tests.conftest import MC_ROWS, small_suite, write_jsonl
+from tests.conftest import planted_suite, write_jsonl
 
 WORDS = ("river stone amber quiet lantern harbour meadow copper violet engine orchard "
          "compass thunder velvet island garden mirror candle falcon winter summer "
@@ -144,17 +142,8 @@ def test_token_moments_match_the_full_distribution(backend):
 # -- a run: findings in the store ---------------------------------------------------------
 
 
-def _planted_suite(root: Path, extra: str = "") -> Path:
-    path = small_suite(root, extra=extra)
-    rows = [json.loads(line) for line in (root / "data" / "sft.jsonl").read_text().splitlines()]
-    leaked = MC_ROWS[2]  # "What is 3 + 3?" with its answer, copied into the tuning data
-    rows.append({"prompt": leaked["question"], "completion": leaked["choices"][0]})
-    write_jsonl(root / "data" / "sft.jsonl", rows)
-    return path
-
-
 def test_a_run_stores_findings_and_clean_scores(run_harness, tmp_path):
-    run = run_harness(_planted_suite(tmp_path).read_text())
+    run = run_harness(planted_suite(tmp_path).read_text())
     con = duckdb.connect(str(run.store), read_only=True)
     flagged = con.execute("SELECT evaluator, item_id, method FROM contamination "
                           "WHERE flagged AND method IN ('exact', 'ngram-13') "
@@ -196,7 +185,7 @@ def test_a_run_stores_findings_and_clean_scores(run_harness, tmp_path):
 
 
 def test_rerun_adds_nothing_and_new_settings_replace_old_findings(run_harness, tmp_path):
-    suite = _planted_suite(tmp_path)
+    suite = planted_suite(tmp_path)
     first = run_harness(suite.read_text())
 
     def rows() -> list[tuple]:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from tests.test_contamination import _planted_suite
+from tests.conftest import planted_suite
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: the same items as a target evaluator too, so that learning can be plotted against forgetting
@@ -34,7 +34,7 @@ def reported(tmp_path_factory, harness_cache):
     from harness.runner import run_suite
 
     root = tmp_path_factory.mktemp("report")
-    suite = _planted_suite(root, extra=TARGET)
+    suite = planted_suite(root, extra=TARGET)
     with open(os.devnull, "w") as quiet:
         summary = run_suite(suite, console=Console(file=quiet), show_progress=False)
     assert summary.failed == 0

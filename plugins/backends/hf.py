@@ -189,19 +189,13 @@ class HFBackend:
         One float32 tensor ``[continuation tokens, vocabulary]`` per pair, on the CPU:
         what token-level divergences between two models need (the ``drift`` evaluator).
         """
-        results: list[Any] = []
         rows = []
         for prompt, continuation in pairs:
             context = [self.prefix_token_id, *self.encode(prompt)]
             target = self.encode(continuation)[: self.max_length - 1]
             context = context[-(self.max_length - len(target)):]  # keep the prompt's end
             rows.append((context + target, len(target)))
-        for start in range(0, len(rows), self.options.batch_size):
-            chunk = rows[start : start + self.options.batch_size]
-            logits = self._forward([ids[:-1] for ids, _ in chunk]).cpu()
-            for row, (ids, n) in zip(logits, chunk):
-                results.append(row[len(ids) - 1 - n : len(ids) - 1].log_softmax(-1))
-        return results
+        return list(self._last_distributions(rows))
 
     def token_moments(self, texts: Sequence[str]) -> list[TokenMoments]:
         """Each text's first ``max_length - 1`` tokens, after the prefix token: their
@@ -210,18 +204,24 @@ class HFBackend:
         rows = [[self.prefix_token_id, *self.encode(text)[: self.max_length - 1]]
                 for text in texts]
         results: list[TokenMoments] = []
+        for ids, logdist in zip(rows, self._last_distributions([(r, len(r) - 1) for r in rows])):
+            targets = ids[1:]
+            probs = logdist.exp()
+            means = (probs * logdist).sum(-1)
+            stds = ((probs * logdist.square()).sum(-1) - means.square()).clamp_min(0).sqrt()
+            picked = logdist.gather(-1, _column(targets)).squeeze(-1) if targets else means
+            results.append(TokenMoments(picked.tolist(), means.tolist(), stds.tolist()))
+        return results
+
+    def _last_distributions(self, rows: Sequence[tuple[list[int], int]]) -> Iterator[Any]:
+        """For each (token ids, n): the next-token log-distributions that predict the last
+        n tokens (float32 ``[n, vocabulary]``, on the CPU), batched."""
         for start in range(0, len(rows), self.options.batch_size):
             chunk = rows[start : start + self.options.batch_size]
-            logits = self._forward([ids[:-1] if len(ids) > 1 else ids for ids in chunk]).cpu()
-            for row, ids in zip(logits, chunk):
-                targets = ids[1:]
-                logdist = row[: len(targets)].log_softmax(-1)
-                probs = logdist.exp()
-                means = (probs * logdist).sum(-1)
-                stds = ((probs * logdist.square()).sum(-1) - means.square()).clamp_min(0).sqrt()
-                picked = logdist.gather(-1, _column(targets)).squeeze(-1) if targets else means
-                results.append(TokenMoments(picked.tolist(), means.tolist(), stds.tolist()))
-        return results
+            inputs = [ids[:-1] if len(ids) > 1 else ids for ids, _ in chunk]
+            logits = self._forward(inputs).cpu()
+            for row, given, (_, n) in zip(logits, inputs, chunk):
+                yield row[len(given) - n : len(given)].log_softmax(-1)
 
     def chat_prompt(self, user_text: str) -> str:
         """One user turn in the model's chat template, ready for the reply (the text itself

@@ -166,7 +166,6 @@ class VLLMBackend:
 
     def activate(self, variant: Variant) -> None:
         self.active, self._lora, self._reason, self._check = variant, None, None, None
-        self._lm = None
         if variant.kind == "base":
             self.hf.activate(variant)
             self._path = "vllm"
@@ -234,11 +233,10 @@ class VLLMBackend:
 
     def route(self) -> dict[str, Any]:
         """How the active variant is served, for ``cells.backend_path`` and ``cells.info``."""
-        on_engine = self._path != "hf"
         info: dict[str, Any] = {
             "path": self._path, "engine": self.engine_id,
-            "generate": "vllm" if on_engine else "hf",
-            "loglikelihood": self.options.loglikelihood if on_engine else "hf",
+            "generate": "vllm" if self._on_engine else "hf",
+            "loglikelihood": self.options.loglikelihood if self._on_engine else "hf",
         }
         if self._reason:
             info["reason"] = self._reason
@@ -370,7 +368,7 @@ class VLLMBackend:
         with ``loglikelihood = "vllm"``, ``loglikelihood``) answered by the engine."""
         if not self._on_engine:
             return self.hf.lm_eval_model()
-        if self._lm is None:
+        if self._lm is None:  # one per engine: adapters switch in place in the copy's model
             self._lm = _engine_lm(self)
         return self._lm
 

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 import harness
 from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
 from harness.data import DataRow, ItemId, read_jsonl
-from harness.errors import DataError, UserError
+from harness.errors import DataError, UserError, first_line
 
 LM_EVAL_PREFIX = "lm_eval:"
 PROMPT = "Question: {{question}}\nAnswer:"
@@ -156,7 +156,7 @@ class BenchmarkEvaluator:
             )
         except Exception as exc:
             raise RuntimeError(f"lm-eval task {task_label!r} could not run: "
-                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                               f"{type(exc).__name__}: {first_line(exc)}") from exc
         finally:
             if default_batch is not None:
                 lm.batch_size_per_gpu = default_batch
@@ -268,11 +268,6 @@ def _decontamination_query(config: dict[str, Any]) -> Any:
             return None
 
     return render
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 @harness.hookimpl

@@ -15,6 +15,7 @@ from pydantic import Field
 
 import harness
 from harness.components import Options
+from harness.errors import first_line
 
 
 class RayOptions(Options):
@@ -76,7 +77,7 @@ class RayExecutor:
                     except Exception as exc:  # the worker died or its task failed outright
                         drain()
                         error = f"ray worker for {unit.model.name!r} failed: " \
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                                f"{type(exc).__name__}: {first_line(exc)}"
                         fail_cells([c for c in unit.cells if c.key not in finished], error,
                                    str(exc), emit)
             drain()

@@ -22,7 +22,7 @@ from pydantic import Field
 from harness import __version__
 from harness.components import Options, ReportContext
 from harness.errors import UserError
-from harness.store import query
+from harness.store import Store
 from harness_plugins.reporters import figures
 
 #: flagged items listed one by one in a report; the rest are counted
@@ -78,39 +78,41 @@ def _p(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def suite_names(store: Path) -> list[str]:
-    _, rows = query(store, "SELECT DISTINCT suite FROM cells ORDER BY suite")
-    return [r[0] for r in rows]
-
-
 class _Reader:
-    def __init__(self, store: Path, suite: str) -> None:
-        self.store, self.suite = store, suite
+    """The report's queries, each about one suite, on one read-only connection."""
+
+    def __init__(self, con: Any, suite: str) -> None:
+        self.con, self.suite = con, suite
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
-        columns, rows = query(self.store, sql, [self.suite])
-        return [dict(zip(columns, row)) for row in rows]
+        cursor = self.con.execute(sql, [self.suite])
+        columns = [d[0] for d in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
 def build_report(store: Path, suite: str | None = None) -> Report:
     """Everything a report shows about one suite of ``store`` (the only one when None)."""
-    names = suite_names(store)
-    if suite is None:
-        if len(names) != 1:
-            raise UserError(f"{store}: holds suites {', '.join(names) or '(none)'}; "
-                            "name one with --name")
-        suite = names[0]
-    elif suite not in names:
-        raise UserError(f"{store}: no suite named {suite!r} (it holds {', '.join(names)})")
-    reader = _Reader(store, suite)
+    with Store(store, lock_timeout=30.0).read() as con:
+        names = [r[0] for r in con.execute("SELECT DISTINCT suite FROM cells ORDER BY suite")
+                 .fetchall()]
+        if suite is None:
+            if len(names) != 1:
+                raise UserError(f"{store}: holds suites {', '.join(names) or '(none)'}; "
+                                "name one with --name")
+            suite = names[0]
+        elif suite not in names:
+            raise UserError(f"{store}: no suite named {suite!r} (it holds {', '.join(names)})")
+        return _build(_Reader(con, suite), store, suite)
+
+
+def _build(reader: _Reader, store: Path, suite: str) -> Report:
     models = {r["model"] for r in reader.rows("SELECT DISTINCT model FROM leaderboard "
                                                 "WHERE suite = ?")}
 
     def label(row: dict[str, Any]) -> str:
         return row["variant"] if len(models) <= 1 else f"{row['model']}/{row['variant']}"
 
-    runs = reader.rows("SELECT count(*) AS runs, max(finished_at) AS last, "
-                       "sum(cells_done) AS done, sum(cells_failed) AS failed "
+    runs = reader.rows("SELECT count(*) AS runs, max(finished_at) AS last "
                        "FROM runs WHERE suite = ?")[0]
     facts = [
         ("suite", suite), ("store", str(store)),

@@ -25,7 +25,7 @@ class HubSource:
         except Exception as exc:
             raise UserError(
                 f"cannot fetch model {reference!r} from the hub: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                f"{first_line(exc)}"
             ) from None
 
 
