@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.contamination import Item, NgramIndex, data_side, read_tuning_texts  # noqa: E402
+from harness.analysis.contamination import NgramIndex, data_side, read_tuning_texts  # noqa: E402
+from harness.analysis.items import Item  # noqa: E402
 
 
 def vocabulary(size: int, rng: random.Random) -> list[str]:

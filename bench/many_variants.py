@@ -35,7 +35,7 @@ WORKER = r"""
 import json, sys, time
 from pathlib import Path
 import torch, transformers, peft, lm_eval, lm_eval.evaluator  # untimed imports
-from harness.components import EvaluatorSpec, ResolvedModel, Variant
+from harness import EvaluatorSpec, ResolvedModel, Variant
 from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.evaluators.benchmark import BenchmarkEvaluator, BenchmarkOptions
 from harness_plugins.sources.builtin import builtin_model_path

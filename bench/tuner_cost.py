@@ -22,14 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
-from harness.components import ResolvedModel, TuneJob
+from harness import ResolvedModel, TuneJob
 from harness.plugins import PluginHost
 from harness_plugins.sources.builtin import builtin_model_path
 
 name, steps, data, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 path = builtin_model_path("smollm2-135m-instruct")
 model = ResolvedModel("smollm2", "builtin:smollm2-135m-instruct", path, "bench")
-cls = PluginHost.load(entry_points=False).component("tuner", name).component
+cls = PluginHost.load(entry_points=False).component("tuner", name).cls
 options = cls.Options(steps=steps, batch_size=4, max_length=128)
 stamps = []
 job = TuneJob(model, name, data, out, seed=0, on_step=lambda s, t, l: stamps.append(time.perf_counter()))

@@ -43,7 +43,7 @@ path = builtin_model_path("smollm2-135m-instruct")
 
 HARNESS = PRELUDE + r"""
 from pathlib import Path
-from harness.components import ResolvedModel, TuneJob
+from harness import ResolvedModel, TuneJob
 from harness_plugins.tuners.lora import LoraTuner
 model = ResolvedModel("smollm2", "builtin:smollm2-135m-instruct", path, "bench")
 options = LoraTuner.Options(steps=steps, batch_size=4, max_length=128, lr=2e-4)

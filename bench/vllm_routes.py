@@ -54,7 +54,7 @@ def main() -> None:
     import transformers
     import vllm
 
-    from harness.components import EvaluatorSpec, ResolvedModel, Variant
+    from harness import EvaluatorSpec, ResolvedModel, Variant
     from harness_plugins.backends.hf import HFBackend, HFOptions
     from harness_plugins.backends.vllm_engine import VLLMBackend, VLLMOptions
     from harness_plugins.evaluators.benchmark import BenchmarkEvaluator, BenchmarkOptions

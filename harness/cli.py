@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from harness import __version__
 from harness.errors import UserError
+from harness.version import __version__
 
 EXIT_USER_ERROR = 2
 
@@ -124,7 +124,7 @@ def _default_store() -> Path:
 
 def _suite_store(suite: Path) -> tuple[Path, str]:
     """A suite file's store and suite name, read from its [suite] table alone."""
-    from harness.suite import read_toml, store_path
+    from harness.suite_file import read_toml, store_path
 
     raw = read_toml(suite).get("suite", {})
     name = raw.get("name", "suite")
@@ -162,8 +162,9 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
     learning versus forgetting, training curves, contamination and clean scores."""
     from rich.console import Console
 
-    from harness.components import ReportContext
     from harness.plugins import PluginHost
+    from harness.records import ReportContext
+    from harness.store import Store, lock_timeout_from_env
 
     store = source
     if source.suffix != ".duckdb":
@@ -171,12 +172,10 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
         name = name or suite_name
     if not store.exists():
         raise UserError(f"{store}: no such store (run the suite first)")
-    from harness.store import Store, lock_timeout_from_env
-
     Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
-    host = PluginHost.load()
-    cls = host.component("reporter", "html" if fmt == "html" else "markdown").component
-    reporter = cls(cls.Options(out=str(out) if out else None, suite=name))
+    # the reporters registered as "html" and "markdown", asked for by name
+    reporter = PluginHost.load().build("reporter", "html" if fmt == "html" else "markdown",
+                                       {"out": str(out) if out else None, "suite": name})
     reporter.report(ReportContext(store, None, name or "", Console()))
 
 
@@ -200,6 +199,6 @@ def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> Non
     else:
         from rich.console import Console
 
-        from harness_plugins.reporters.console import render_table
+        from harness.display import render_table
 
         Console().print(render_table(str(store), columns, rows))

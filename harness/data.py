@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from harness.errors import DataError
+from harness.errors import DataError, validation_problems
 
 Row = TypeVar("Row", bound=BaseModel)
 
@@ -63,10 +63,8 @@ def read_jsonl(path: str | Path, schema: type[Row]) -> list[tuple[int, Row]]:
         try:
             rows.append((number, schema.model_validate(value)))
         except ValidationError as exc:
-            error = exc.errors()[0]
-            field = ".".join(str(p) for p in error["loc"]) or None
-            message = error["msg"].removeprefix("Value error, ")
-            raise DataError(path, number, message, field=field) from None
+            field, message = validation_problems(exc)[0]
+            raise DataError(path, number, message, field=field or None) from None
     if not rows:
         raise DataError(path, None, "no rows")
     return rows

@@ -6,6 +6,8 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message ("" when it has none)."""
@@ -33,3 +35,15 @@ class DataError(UserError):
 
 class StoreLockedError(UserError):
     """Another process holds the DuckDB store for writing."""
+
+
+def validation_problems(exc: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(field, message) for each error of a pydantic ``ValidationError``: the field dotted
+    (``options.lr``, ``messages.1.content``) behind ``prefix``, the message without
+    pydantic's "Value error, " prefix. The one formatter every validation error goes through."""
+    problems = []
+    for error in exc.errors():
+        parts = [prefix] if prefix else []
+        parts.extend(str(part) for part in error["loc"])
+        problems.append((".".join(parts), error["msg"].removeprefix("Value error, ")))
+    return problems

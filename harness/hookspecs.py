@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from harness import PROJECT_NAME
+from harness.version import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from harness.components import Alert
-    from harness.runner import CellOutcome, CellPlan, RunInfo, RunSummary
+    from harness.records import Alert, CellOutcome, CellPlan, RunInfo, RunSummary
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+#: Decorator for plugin hook implementations; plugins use it as ``@harness.hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 Register = Callable[[str, Any], None]
 
@@ -40,7 +42,7 @@ def harness_register_tuners(register: Register) -> None:
     """Register tuning methods: ``register("lora", LoraTuner)``.
 
     :param register: call with a name (used as ``method`` in ``[[tuners]]``)
-        and a class following :class:`harness.components.Tuner`.
+        and a subclass of :class:`harness.Tuner`.
     """
 
 
@@ -49,7 +51,7 @@ def harness_register_evaluators(register: Register) -> None:
     """Register evaluators: ``register("perplexity", PerplexityEvaluator)``.
 
     :param register: call with a name (used as ``kind`` in ``[[evaluators]]``)
-        and a class following :class:`harness.components.Evaluator`.
+        and a subclass of :class:`harness.Evaluator`.
     """
 
 
@@ -58,7 +60,7 @@ def harness_register_reporters(register: Register) -> None:
     """Register reporters run at the end of ``harness run``.
 
     :param register: call with a name (listed in ``[suite] reporters``) and a
-        class following :class:`harness.components.Reporter`.
+        subclass of :class:`harness.Reporter`.
     """
 
 
@@ -66,8 +68,8 @@ def harness_register_reporters(register: Register) -> None:
 def harness_register_backends(register: Register) -> None:
     """Register inference backends (``[backend] kind``).
 
-    :param register: call with a name and a class following
-        :class:`harness.components.Backend`.
+    :param register: call with a name and a subclass of
+        :class:`harness.Backend`.
     """
 
 
@@ -75,8 +77,8 @@ def harness_register_backends(register: Register) -> None:
 def harness_register_executors(register: Register) -> None:
     """Register executors (``[executor] kind``) that run units of work.
 
-    :param register: call with a name and a class following
-        :class:`harness.components.Executor`.
+    :param register: call with a name and a subclass of
+        :class:`harness.Executor`.
     """
 
 
@@ -84,8 +86,8 @@ def harness_register_executors(register: Register) -> None:
 def harness_register_model_sources(register: Register) -> None:
     """Register model sources, chosen by the prefix of ``source = "NAME:ref"``.
 
-    :param register: call with a name (the prefix) and a class following
-        :class:`harness.components.ModelSource`.
+    :param register: call with a name (the prefix) and a subclass of
+        :class:`harness.ModelSource`.
     """
 
 
@@ -94,7 +96,7 @@ def harness_register_rewards(register: Register) -> None:
     """Register reward functions that RL tuners (GRPO, PPO) optimise.
 
     :param register: call with a name (used as ``reward`` in a tuner's options)
-        and a class following :class:`harness.components.Reward`.
+        and a subclass of :class:`harness.Reward`.
     """
 
 

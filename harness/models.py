@@ -7,20 +7,15 @@ import json
 import os
 from pathlib import Path
 
-from harness.components import ResolvedModel
+from harness.cache import cache_dir
 from harness.errors import UserError
+from harness.keys import NAMED_REFERENCE
 from harness.plugins import PluginHost
-from harness.suite import NAMED_REFERENCE, ModelEntry, Suite
+from harness.records import ResolvedModel
+from harness.suite import Suite
+from harness.suite_file import ModelEntry
 
 _CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Where converted models and other derived files live (``HARNESS_CACHE``)."""
-    root = os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def source_for(reference: str, base_dir: Path) -> tuple[str, str]:
@@ -69,7 +64,7 @@ def resolve_reference(name: str, reference: str, host: PluginHost, base_dir: Pat
                       trust_remote_code: bool = False) -> ResolvedModel:
     """Make a model reference (``builtin:x``, ``hub:org/name``, a folder) local and fingerprint it."""
     source_name, ref = source_for(reference, base_dir)
-    source = host.component("model_source", source_name).component()
+    source = host.component("model_source", source_name).cls()
     path = Path(source.resolve(ref, base_dir=base_dir, trust_remote_code=trust_remote_code))
     return ResolvedModel(name=name, source=reference, path=path, fingerprint=fingerprint(path),
                          trust_remote_code=trust_remote_code)
@@ -85,8 +80,7 @@ def resolve_evaluator_models(suite: Suite, host: PluginHost) -> dict[str, dict[s
     evaluator name and purpose: evaluator classes name them in ``required_models(options)``."""
     needed: dict[str, dict[str, ResolvedModel]] = {}
     for entry in suite.evaluators:
-        cls = host.component("evaluator", entry.kind).component
-        wanted = cls.required_models(entry.options) if hasattr(cls, "required_models") else {}
+        wanted = entry.cls.required_models(entry.options)
         needed[entry.name] = {
             purpose: resolve_reference(f"{entry.name}:{purpose}", reference, host, suite.base_dir)
             for purpose, reference in wanted.items()

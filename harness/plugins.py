@@ -22,20 +22,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import os
-import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
+from pydantic import ValidationError
 
-from harness import PROJECT_NAME, __version__, hookspecs
-from harness.errors import UserError
-
-if TYPE_CHECKING:
-    from harness.components import Alert
-    from harness.runner import CellOutcome, CellPlan, RunInfo, RunSummary
+from harness import hookspecs, registry
+from harness.errors import UserError, validation_problems
+from harness.records import Alert, CellOutcome, CellPlan, RunInfo, RunSummary
+from harness.registry import COMPONENT_KINDS, Registration, Registry
+from harness.version import PROJECT_NAME, __version__
 
 ENTRY_POINT_GROUP = "harness"
 
@@ -67,10 +66,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.reporters.markdown",
 )
 
-COMPONENT_KINDS = tuple(hookspecs.REGISTRATION_HOOKS)
-
-#: a component name: ``lora``, ``my-eval``, or namespaced ``package/name``
-COMPONENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+__all__ = ["BUILTIN_PLUGINS", "COMPONENT_KINDS", "PluginHost", "PluginInfo", "PluginLoadError",
+           "Registration"]
 
 
 def builtin_name(module_name: str) -> str:
@@ -119,16 +116,6 @@ class PluginInfo:
         }
 
 
-@dataclass(frozen=True)
-class Registration:
-    """A named component and the plugin that registered it."""
-
-    kind: str
-    name: str
-    component: Any
-    plugin: str
-
-
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -136,7 +123,8 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 class PluginHost:
-    """Typed facade over the plugin manager.
+    """Typed facade over the plugin manager: the runner and the CLI call its methods, never
+    ``pm.hook``.
 
     Create one with :meth:`load`; tests build one with ``extra_plugins`` and
     ``entry_points=False`` to stay isolated from what is installed.
@@ -145,7 +133,7 @@ class PluginHost:
     def __init__(self, pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
         self.pm = pm
         self._infos = infos
-        self._registry: dict[str, dict[str, Registration]] | None = None
+        self._registry: Registry | None = None
         self._registration_problems: list[str] = []
         self.strict = False
         #: lifecycle hook calls that raised, one line each (the run went on)
@@ -172,9 +160,9 @@ class PluginHost:
             name = builtin_name(module_name)
             if name in blocked:
                 continue
-            module = importlib.import_module(module_name)
-            pm.register(module, name=name)
-            infos[name] = PluginInfo(name, module_name, PROJECT_NAME, __version__, builtin=True)
+            info = PluginInfo(name, module_name, PROJECT_NAME, __version__, builtin=True)
+            _register(pm, lambda m=module_name: importlib.import_module(m), info, strict)
+            infos[name] = info
 
         if entry_points:
             for info in _load_entry_points(pm, blocked, strict):
@@ -183,10 +171,12 @@ class PluginHost:
         for plugin in extra_plugins:
             # a readable name (module or class) rather than pluggy's id()-based one
             name = getattr(plugin, "__name__", None) or type(plugin).__name__
-            if pm.register(plugin, name=name) is not None:
-                infos[name] = PluginInfo(
-                    name, getattr(plugin, "__module__", None), None, None, builtin=False
-                )
+            if pm.is_blocked(name):
+                continue
+            info = PluginInfo(name, getattr(plugin, "__module__", None), None, None,
+                              builtin=False)
+            _register(pm, lambda p=plugin: p, info, strict)
+            infos[name] = info
 
         if _env_flag("HARNESS_TRACE_PLUGINS"):
             pm.trace.root.setwriter(sys.stderr.write)
@@ -194,7 +184,7 @@ class PluginHost:
         host = cls(pm, infos)
         host.strict = strict
         if strict:
-            host.registry()  # a raising registration hook is fatal too
+            host.registry()  # a raising registration hook or a rejected class is fatal too
             failed = [info for info in infos.values() if info.error]
             if failed:
                 raise PluginLoadError(*(f"plugin {i.name!r}: {i.error}" for i in failed))
@@ -202,58 +192,25 @@ class PluginHost:
 
     # -- components -------------------------------------------------------------
 
-    def registry(self, *, check: bool = True) -> dict[str, dict[str, Registration]]:
+    def registry(self, *, check: bool = True) -> Registry:
         """Every registered component, by kind and name (collected once).
 
-        With ``check`` (the default), raises :class:`UserError` naming the plugins
-        if a name was registered twice or is not a valid component name.
+        With ``check`` (the default), raises :class:`UserError` naming the plugins if a
+        name was registered twice, is not a valid component name, or a class does not
+        satisfy its kind's contract.
         """
         if self._registry is None:
-            self._registry = self._collect_registrations()
+            self._registry, self._registration_problems = registry.collect(
+                self.pm, trace=_env_flag("HARNESS_TRACE_PLUGINS"),
+                on_registered=self._note_component, on_error=self._note_error)
         if check and self._registration_problems:
             raise UserError(*self._registration_problems)
         return self._registry
 
-    def _collect_registrations(self) -> dict[str, dict[str, Registration]]:
-        registry: dict[str, dict[str, Registration]] = {kind: {} for kind in COMPONENT_KINDS}
-        problems: list[str] = []
-        trace = _env_flag("HARNESS_TRACE_PLUGINS")
-        for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
-            hook = getattr(self.pm.hook, hook_name)
-            # Each implementation gets its own ``register`` so that a duplicate
-            # name can name both plugins; pluggy's own call would hide who
-            # registered what.
-            for impl in hook.get_hookimpls():
-                plugin = impl.plugin_name
-
-                def register(name: str, component: Any, *, _kind=kind, _plugin=plugin) -> None:
-                    if not isinstance(name, str) or not COMPONENT_NAME.match(name):
-                        problems.append(
-                            f"plugin {_plugin!r} registered a {_kind} with an invalid name "
-                            f"{name!r} (letters, digits, '.', '_', '-', one '/' for a namespace)"
-                        )
-                        return
-                    previous = registry[_kind].get(name)
-                    if previous is not None:
-                        problems.append(
-                            f"{_kind} {name!r} is registered twice: by plugin "
-                            f"{previous.plugin!r} and by plugin {_plugin!r}"
-                        )
-                        self._note_error(_plugin, problems[-1])
-                        return
-                    registry[_kind][name] = Registration(_kind, name, component, _plugin)
-                    info = self._infos.get(_plugin)
-                    if info is not None:
-                        info.components.setdefault(_kind, []).append(name)
-
-                if trace:
-                    sys.stderr.write(f"harness: calling {hook_name} of plugin {plugin!r}\n")
-                try:
-                    impl.function(register=register)
-                except Exception as exc:  # a misbehaving plugin must not take the CLI down
-                    self._note_error(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}")
-        self._registration_problems = problems
-        return registry
+    def _note_component(self, plugin: str, kind: str, name: str) -> None:
+        info = self._infos.get(plugin)
+        if info is not None:
+            info.components.setdefault(kind, []).append(name)
 
     def _note_error(self, plugin: str, message: str) -> None:
         info = self._infos.get(plugin)
@@ -272,8 +229,23 @@ class PluginHost:
             raise UserError(f"unknown {kind} {name!r}; known: {choices}{hint}")
         return known[name]
 
+    def build(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
+        """An instance of component ``name`` of ``kind`` with ``options`` validated by its
+        ``Options``: how the CLI makes a reporter, without knowing its module."""
+        cls = self.component(kind, name).cls
+        try:
+            validated = cls.Options.model_validate(options or {})
+        except ValidationError as exc:
+            raise UserError(*(f"{kind} {name!r} option {field!r}: {message}"
+                              for field, message in validation_problems(exc))) from None
+        return cls(validated)
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.registry()[kind])
+
+    def classes(self, kind: str) -> dict[str, Any]:
+        """Every registered class of ``kind`` by name (the rewards a tuner may optimise)."""
+        return {name: reg.cls for name, reg in self.registry()[kind].items()}
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin, with the hooks it implements and what it registered."""
@@ -325,6 +297,26 @@ class PluginHost:
         self._notify("harness_run_finished", run=run, summary=summary)
 
 
+def _register(pm: pluggy.PluginManager, load: Any, info: PluginInfo, strict: bool) -> None:
+    """Load and register one plugin, the same way for built-ins, entry points and extra
+    plugins: a failure to load, or a hook with no spec (a misspelt ``harness_*`` name), is
+    recorded on ``info`` and the plugin is left out, or raised in strict mode."""
+    try:
+        plugin = load()
+        pm.register(plugin, name=info.name)
+        unknown = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                         if caller.spec is None)
+        if unknown:
+            pm.unregister(plugin)
+            raise PluginLoadError(f"implements unknown hook(s): {', '.join(unknown)}")
+    except Exception as exc:
+        info.error = f"{type(exc).__name__}: {exc}"
+        if strict:
+            raise PluginLoadError(
+                f"plugin {info.name!r} from {info.distribution or 'unknown distribution'} "
+                f"failed to load: {info.error}") from exc
+
+
 def _load_entry_points(
     pm: pluggy.PluginManager, blocked: set[str], strict: bool
 ) -> list[PluginInfo]:
@@ -338,20 +330,6 @@ def _load_entry_points(
         if chosen is not None and ep.name not in chosen and dist not in chosen:
             continue
         info = PluginInfo(ep.name, ep.value, dist, version, builtin=False)
-        try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-            unknown = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
-                             if caller.spec is None)
-            if unknown:
-                pm.unregister(plugin)
-                raise PluginLoadError(f"implements unknown hook(s): {', '.join(unknown)}")
-        except Exception as exc:
-            info.error = f"{type(exc).__name__}: {exc}"
-            if strict:
-                raise PluginLoadError(
-                    f"plugin {ep.name!r} from {dist or 'unknown distribution'} failed to load: "
-                    f"{info.error}"
-                ) from exc
+        _register(pm, ep.load, info, strict)
         infos.append(info)
     return infos

@@ -7,7 +7,7 @@ available to tests without an import:
     a temporary model cache (``HARNESS_CACHE``), so tests never touch ``~/.cache``.
 ``tiny_model`` (session)
     the built-in ``tiny-random`` model (a 2-layer Llama with a locally trained
-    tokenizer) as a :class:`~harness.components.ResolvedModel`; built in about a second.
+    tokenizer) as a :class:`~harness.ResolvedModel`; built in about a second.
 ``tiny_backend`` (module)
     the ``hf`` backend holding ``tiny_model`` with its base active: call an evaluator's
     ``evaluate(tiny_backend)`` directly.
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from harness.components import ResolvedModel, Variant
+from harness.records import ResolvedModel, Variant
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
@@ -45,13 +45,13 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
 
 @dataclass
 class HarnessRun:
-    summary: Any  # harness.runner.RunSummary
+    summary: Any  # harness.RunSummary
     store: Path
     folder: Path
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
         """Rows of a read-only query on the run's store."""
-        from harness.store import query
+        from harness.store.reader import query
 
         return query(self.store, sql, list(params))[1]
 
@@ -70,9 +70,11 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(harness_cache: Path) -> Path:
-    from harness_plugins.sources.builtin import builtin_model_path
+    from harness.plugins import PluginHost
 
-    return builtin_model_path("tiny-random")
+    # the built-in model source, asked for by name
+    source = PluginHost.load(entry_points=False).component("model_source", "builtin").cls()
+    return Path(source.resolve("tiny-random", base_dir=harness_cache, trust_remote_code=False))
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +87,9 @@ def tiny_model(tiny_model_path: Path) -> ResolvedModel:
 
 @pytest.fixture(scope="module")
 def tiny_backend(tiny_model: ResolvedModel) -> Iterable[Any]:
-    from harness_plugins.backends.hf import HFBackend, HFOptions
+    from harness.plugins import PluginHost
 
-    backend = HFBackend(HFOptions(batch_size=4))
+    backend = PluginHost.load(entry_points=False).build("backend", "hf", {"batch_size": 4})
     backend.load(tiny_model)
     backend.activate(Variant("base", "base", tiny_model, "base"))
     yield backend

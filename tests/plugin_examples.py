@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import harness
-from harness.components import Options
 
 
-class ExtraTuner:
-    Options = Options
+class ExtraTuner(harness.Tuner):
+    def tune(self, job):
+        raise RuntimeError("never run in these tests")
 
     @staticmethod
     @harness.hookimpl
@@ -22,3 +22,25 @@ class MisspelledHook:
     @harness.hookimpl
     def harness_register_tunres(register):
         register("never", MisspelledHook)
+
+
+class HalfTuner(harness.Tuner):
+    """Subclasses the contract but forgets ``tune``."""
+
+
+class NotATuner:
+    """Has a ``tune`` but does not subclass harness.Tuner."""
+
+    def tune(self, job):
+        return None
+
+
+class BrokenContracts:
+    """Registers two classes that do not satisfy the tuner contract, and one that does."""
+
+    @staticmethod
+    @harness.hookimpl
+    def harness_register_tuners(register):
+        register("acme/half", HalfTuner)
+        register("acme/duck", NotATuner)
+        register("acme/extra", ExtraTuner)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.components import EvaluatorSpec
+from harness import EvaluatorSpec
 from harness.errors import DataError
 from harness_plugins.evaluators.benchmark import (
     BenchmarkEvaluator,

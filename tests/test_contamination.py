@@ -9,17 +9,16 @@ import duckdb
 import pytest
 import torch
 
-from harness.contamination import (
-    Item,
+from harness.analysis.contamination import (
     NgramIndex,
     data_side,
-    item_text,
     membership_scores,
     min_k,
     normalise,
     outliers,
     read_tuning_texts,
 )
+from harness.analysis.items import Item, item_text
 from tests.conftest import planted_suite, write_jsonl
 
 WORDS = ("river stone amber quiet lantern harbour meadow copper violet engine orchard "

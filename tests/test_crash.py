@@ -21,9 +21,12 @@ CHILD = r"""
 import os, signal, sys
 from contextlib import contextmanager
 
+import harness.recorder as recorder
 import harness.runner as runner
 import harness.store as store
+import harness.worker as worker
 from harness.plugins import PluginHost
+from harness.records import TuningStep
 
 suite, where = sys.argv[1], sys.argv[2]
 kind, n = where.split(":")
@@ -33,22 +36,22 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if kind == "step":          # during tuning, after optimiser step n
-    record = runner._Recorder.__call__
+    record = recorder.Recorder.__call__
     def call(self, event):
         record(self, event)
-        if isinstance(event, runner.TuningStep) and event.step == n:
+        if isinstance(event, TuningStep) and event.step == n:
             die()
-    runner._Recorder.__call__ = call
+    recorder.Recorder.__call__ = call
 elif kind == "evaluate":    # while the n-th cell is being evaluated
-    evaluate, seen = runner._evaluate, [0]
+    evaluate, seen = worker._evaluate, [0]
     def _evaluate(cell, backend):
         seen[0] += 1
         if seen[0] == n:
             die()
         return evaluate(cell, backend)
-    runner._evaluate = _evaluate
+    worker._evaluate = _evaluate
 elif kind == "write":       # inside the n-th cell's store transaction, before COMMIT
-    write, record_cell, state = store.Store._write, store.Store.record_cell, {"n": 0, "armed": False}
+    write, record_cell, state = store.Store._write, store.Store.write_cell, {"n": 0, "armed": False}
     @contextmanager
     def _write(self):
         with write(self) as con:
@@ -59,7 +62,7 @@ elif kind == "write":       # inside the n-th cell's store transaction, before C
         state["n"] += 1
         state["armed"] = state["n"] == n
         return record_cell(self, *args, **kwargs)
-    store.Store._write, store.Store.record_cell = _write, _record_cell
+    store.Store._write, store.Store.write_cell = _write, _record_cell
 
 runner.run_suite(suite, host=PluginHost.load(entry_points=False), show_progress=False)
 print("finished without being killed")

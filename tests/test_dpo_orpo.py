@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from harness.components import TuneJob
+from harness import TuneJob
 from harness.errors import DataError
 from harness_plugins.tuners import dpo, orpo
 from harness_plugins.tuners.dpo import DPOOptions, DPOTuner

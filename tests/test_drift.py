@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import harness
-from harness.components import EvaluatorSpec, Variant
+from harness import EvaluatorSpec, Variant
 from harness.plugins import PluginHost
 from harness.runner import run_suite
 from harness.store import query

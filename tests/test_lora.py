@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness.components import TuneJob
+from harness import TuneJob
 from harness.errors import DataError
 from harness_plugins.tuners.lora import LoraOptions, LoraTuner
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.components import EvaluatorSpec, Variant
+from harness import EvaluatorSpec, Variant
 from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.evaluators.perplexity import PerplexityEvaluator, PerplexityOptions
 

@@ -183,3 +183,63 @@ def test_built_in_plugins_install_as_harness_plugins(tmp_path):
     assert "harness_plugins/tuners/lora.py" in names
     # the installed (editable) package resolves to the same source folder
     assert Path(harness_plugins.__file__).parent == repo / "plugins"
+
+
+CONTRACT_ERRORS = [
+    "plugin 'contracts' registered tuner 'acme/half': class HalfTuner does not implement tune()",
+    "plugin 'contracts' registered tuner 'acme/duck': class NotATuner is not a subclass of "
+    "harness.Tuner",
+]
+
+
+def test_a_class_that_breaks_its_contract_is_rejected_at_registration(monkeypatch, tmp_path):
+    _fake_entry_points(monkeypatch, metadata.EntryPoint(
+        "contracts", "tests.plugin_examples:BrokenContracts", "harness"))
+    host = PluginHost.load()
+    registry = host.registry(check=False)
+    assert "acme/extra" in registry["tuner"]  # the plugin's good class is registered
+    assert "acme/half" not in registry["tuner"] and "acme/duck" not in registry["tuner"]
+    info = next(i for i in host.plugins() if i.name == "contracts")
+    assert info.error == CONTRACT_ERRORS[0]
+    with pytest.raises(UserError) as raised:
+        host.registry()
+    assert raised.value.lines == CONTRACT_ERRORS
+
+    listed = CliRunner().invoke(main, ["plugins", "--json"])
+    assert listed.exit_code == 2
+    plugins = json.loads(listed.output[: listed.output.rindex("}") + 1])["plugins"]
+    assert next(p for p in plugins if p["name"] == "contracts")["error"] == CONTRACT_ERRORS[0]
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nname = "s"\n[[models]]\nname = "m"\nsource = "builtin:tiny-random"\n'
+                     '[[evaluators]]\nname = "e"\nkind = "perplexity"\ndata = "d.jsonl"\n')
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(main, [command, str(suite)])
+        assert result.exit_code == 2
+        assert result.output.splitlines() == [f"harness: error: {line}" for line in CONTRACT_ERRORS]
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_hooks_are_checked_for_plugins_given_directly_too():
+    from .plugin_examples import MisspelledHook
+
+    host = PluginHost.load(entry_points=False, extra_plugins=[MisspelledHook])
+    info = next(i for i in host.plugins() if i.name == "MisspelledHook")
+    assert info.error == "PluginLoadError: implements unknown hook(s): harness_register_tunres"
+    assert "never" not in host.names("tuner")
+    with pytest.raises(PluginLoadError, match="implements unknown hook"):
+        PluginHost.load(entry_points=False, extra_plugins=[MisspelledHook], strict=True)
+
+
+def test_every_builtin_plugin_loads_and_satisfies_its_contracts():
+    host = PluginHost.load(entry_points=False, strict=True)
+    assert [i.name for i in host.plugins() if i.error] == []
+    assert sum(len(names) for names in host.registry().values()) == 26
+
+
+def test_the_cli_builds_reporters_by_name_with_checked_options():
+    host = PluginHost.load(entry_points=False)
+    reporter = host.build("reporter", "html", {"out": "x.html"})
+    assert reporter.options.out == "x.html"
+    with pytest.raises(UserError, match=r"^reporter 'html' option 'colour': Extra inputs"):
+        host.build("reporter", "html", {"colour": "red"})

@@ -52,13 +52,8 @@ def test_ray_stores_exactly_what_the_local_executor_stores(local_ray, run_harnes
     assert got == expected  # the same numbers to the last bit
 
 
-class WorkerKiller:
+class WorkerKiller(harness.Evaluator):
     """An evaluator whose cell ends the process it runs in, as an out-of-memory kill would."""
-
-    Options = None
-
-    def __init__(self, spec, options) -> None:
-        pass
 
     def evaluate(self, backend):
         os._exit(1)

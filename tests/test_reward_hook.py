@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 import harness
-from harness.components import Options, Reward
+from harness import Options, Reward
 from harness.plugins import PluginHost
 
 
@@ -15,13 +15,10 @@ class ShoutOptions(Options):
     weight: float = Field(default=1.0, gt=0)
 
 
-class ShoutReward:
+class ShoutReward(Reward):
     """Rewards exclamation marks: ``weight`` per '!' in the completion."""
 
     Options = ShoutOptions
-
-    def __init__(self, options: ShoutOptions) -> None:
-        self.options = options
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         return [self.options.weight * text.count("!") for text in completions]
@@ -36,9 +33,9 @@ class ShoutPlugin:
 def test_a_plugin_registers_a_reward():
     host = PluginHost.load(entry_points=False, extra_plugins=[ShoutPlugin()])
     registration = host.registry()["reward"]["acme/shout"]
-    assert registration.component is ShoutReward
+    assert registration.cls is ShoutReward
     assert registration.plugin == "ShoutPlugin"
-    assert host.component("reward", "acme/shout").component is ShoutReward
-    reward = registration.component(registration.component.Options(weight=0.5))
+    assert host.component("reward", "acme/shout").cls is ShoutReward
+    reward = registration.cls(registration.cls.Options(weight=0.5))
     assert isinstance(reward, Reward)
     assert reward(["p", "p"], ["Hi!!", "hi"]) == [1.0, 0.0]

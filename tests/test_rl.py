@@ -16,7 +16,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from harness.components import TuneJob
+from harness import TuneJob
 from harness.errors import DataError, UserError
 from harness_plugins.rewards.reward_model import RewardModelOptions, RewardModelReward
 from harness_plugins.rewards.rules import (
@@ -25,8 +25,9 @@ from harness_plugins.rewards.rules import (
     LengthOptions,
     LengthReward,
 )
-from harness_plugins.tuners.grpo import GRPOOptions, GRPOTuner, message_text
+from harness_plugins.tuners.grpo import GRPOOptions, GRPOTuner
 from harness_plugins.tuners.ppo import PPOOptions, PPOTuner
+from harness_plugins.tuners.rl import message_text
 
 from .conftest import TEXT_ROWS, write_jsonl
 

@@ -14,11 +14,12 @@ import pytest
 from rich.console import Console
 
 import harness
-from harness.components import Options
+from harness_plugins.backends.hf import HFBackend
 from harness.models import resolve_model
 from harness.plugins import PluginHost
 from harness.errors import UserError
-from harness.runner import make_plan, run_suite
+from harness.plan import make_plan
+from harness.runner import run_suite
 from harness.store import query
 from harness.suite import load_suite
 
@@ -135,7 +136,7 @@ def _keys(suite_path: Path) -> dict[tuple[str, str], str]:
     host = PluginHost.load(entry_points=False)
     suite = load_suite(suite_path, host)
     models = [resolve_model(m, host, suite.base_dir) for m in suite.models]
-    return {(c.variant.name, c.evaluator.name): c.key for c in make_plan(suite, models, host).cells}
+    return {(c.variant.name, c.evaluator.name): c.key for c in make_plan(suite, models).cells}
 
 
 def test_cell_keys_change_exactly_where_their_inputs_change(tmp_path, tiny_model_path):
@@ -157,13 +158,8 @@ def test_cell_keys_change_exactly_where_their_inputs_change(tmp_path, tiny_model
 # -- failures and hooks -------------------------------------------------------------------
 
 
-class Explode:
+class Explode(harness.Evaluator):
     """An evaluator that always raises."""
-
-    Options = Options
-
-    def __init__(self, spec, options):
-        pass
 
     def evaluate(self, backend):
         raise RuntimeError("kaboom")
@@ -248,13 +244,8 @@ def test_a_bad_training_row_stops_the_run_before_anything_is_written(tmp_path):
     assert not (tmp_path / "results").exists()  # nothing written, not even a lock
 
 
-class BrokenTuner:
+class BrokenTuner(harness.Tuner):
     """A tuner that fails at run time (after validation), halfway through writing."""
-
-    Options = Options
-
-    def __init__(self, options):
-        pass
 
     def tune(self, job):
         (job.output_dir / "adapter").mkdir()
@@ -291,50 +282,35 @@ def test_failed_tuning_fails_its_cells_and_leaves_nothing_half_written(tmp_path)
 CALLS: dict[str, list] = {"load": [], "activate": [], "units": [], "reports": []}
 
 
-class CountingBackend:
+class CountingBackend(HFBackend):
     """The real HF backend, counting how often a base is loaded and variants switched."""
 
-    from harness_plugins.backends.hf import HFBackend as _HF
+    def load(self, model):
+        CALLS["load"].append(model.name)
+        super().load(model)
 
-    Options = _HF.Options
-
-    def __new__(cls, options):
-        backend = cls._HF(options)
-        load, activate = backend.load, backend.activate
-        backend.load = lambda model: (CALLS["load"].append(model.name), load(model))[1]
-        backend.activate = lambda v: (CALLS["activate"].append(v.name), activate(v))[1]
-        return backend
+    def activate(self, variant):
+        CALLS["activate"].append(variant.name)
+        super().activate(variant)
 
 
-class RecordingExecutor:
-    Options = Options
-
-    def __init__(self, options):
-        pass
-
+class RecordingExecutor(harness.Executor):
     def run(self, units, work, emit):
         for unit in units:
             CALLS["units"].append([v.name for v in unit.variants])
             work(unit, emit)
 
 
-class FolderSource:
+class FolderSource(harness.ModelSource):
     def resolve(self, reference, *, base_dir, trust_remote_code):
         from harness_plugins.sources.builtin import builtin_model_path
 
         return builtin_model_path(reference)
 
 
-class CsvReporter:
-    Options = Options
-
-    def __init__(self, options):
-        pass
-
+class CsvReporter(harness.Reporter):
     def report(self, context):
-        from harness.store import query
-
-        columns, rows = query(context.store_path,
+        columns, rows = harness.query(context.store_path,
                               "SELECT variant, evaluator, value FROM leaderboard ORDER BY 1, 2")
         out = context.store_path.parent / "leaderboard.csv"
         out.write_text("\n".join(",".join(map(str, r)) for r in [columns, *rows]))

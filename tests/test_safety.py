@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.components import EvaluatorSpec
+from harness import EvaluatorSpec
 from harness_plugins.evaluators.refusal import is_refusal
 from harness_plugins.evaluators.safety import (
     SHIELDGEMMA_POLICIES,

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.components import ResolvedModel
+from harness import ResolvedModel
 from harness_plugins.backends.hf import HFBackend, HFOptions
 
 from .conftest import REPO, small_suite

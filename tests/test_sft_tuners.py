@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from harness.components import EvaluatorSpec, TuneJob, Variant
+from harness import EvaluatorSpec, TuneJob, Variant
 from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.evaluators.perplexity import PerplexityEvaluator, PerplexityOptions
 from harness_plugins.tuners.dora import DoraOptions, DoraTuner

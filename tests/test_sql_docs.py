@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.store import Store, query
+from harness import Metric, Sample
+from harness.store import CellRow, Store, query
 
 from .conftest import REPO
 
@@ -21,10 +22,10 @@ DOC = (REPO / "docs" / "sql.md").read_text()
 def store(tmp_path) -> Store:
     store = Store(tmp_path / "s.duckdb")
     store.initialise()
-    store.record_cell({"cell_key": "c1", "run_id": "r1", "suite": "s", "variant_name": "base",
-                       "evaluator": "e", "role": "general", "status": "done"},
-                      [{"metric": "acc", "value": 0.5, "is_primary": True}],
-                      [{"item_index": 0, "item_id": "i0", "score": 1.0}])
+    store.write_cell(CellRow(cell_key="c1", run_id="r1", suite="s", variant_name="base",
+                             evaluator="e", role="general", status="done"),
+                     [Metric("acc", 0.5, primary=True)],
+                     [Sample(0, item_id="i0", score=1.0)])
     return store
 
 

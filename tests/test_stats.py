@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from harness.stats import paired_test
+from harness.analysis.stats import paired_test
 
 from .conftest import small_suite
 

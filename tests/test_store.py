@@ -11,22 +11,23 @@ from datetime import datetime
 import pytest
 
 from harness.errors import StoreLockedError, UserError
-from harness.store import Store, query
+from harness import Alert, Metric, Sample
+from harness.store import CellRow, Store, query
 
 
 def _cell(store: Store, key: str, variant: str, evaluator: str, value: float, *,
           higher_is_better: bool = True, role: str = "general", evaluator_key: str | None = None,
           finished: datetime = datetime(2026, 1, 1), status: str = "done") -> None:
-    store.record_cell(
-        {"cell_key": key, "run_id": "r1", "suite": "s", "model_name": "m", "model_key": "mk",
-         "variant_name": variant, "variant_key": f"vk-{variant}", "evaluator": evaluator,
-         "evaluator_kind": "benchmark", "evaluator_key": evaluator_key or f"ek-{evaluator}",
-         "role": role, "backend": "hf", "status": status, "error": None, "traceback": None,
-         "seconds": 1.0, "started_at": finished, "finished_at": finished},
-        [{"metric": "score", "value": value, "n": 10, "stderr": 0.1,
-          "higher_is_better": higher_is_better, "is_primary": True},
-         {"metric": "other", "value": -1.0, "n": 10, "is_primary": False}],
-        [{"item_index": i, "item_id": f"i{i}", "score": float(i % 2)} for i in range(10)],
+    store.write_cell(
+        CellRow(cell_key=key, run_id="r1", suite="s", model_name="m", model_key="mk",
+                variant_name=variant, variant_key=f"vk-{variant}", evaluator=evaluator,
+                evaluator_kind="benchmark", evaluator_key=evaluator_key or f"ek-{evaluator}",
+                role=role, backend="hf", status=status, error=None, traceback=None,
+                seconds=1.0, started_at=finished, finished_at=finished),
+        [Metric("score", value, n=10, stderr=0.1, higher_is_better=higher_is_better,
+                primary=True),
+         Metric("other", -1.0, n=10, primary=False)],
+        [Sample(i, item_id=f"i{i}", score=float(i % 2)) for i in range(10)],
     )
 
 
@@ -76,10 +77,8 @@ def test_rewriting_a_cell_replaces_its_rows(store):
 
 def test_failed_write_leaves_nothing(store):
     with pytest.raises(Exception):
-        store.record_cell(
-            {"cell_key": "c1", "status": "done"},
-            [{"metric": "score", "value": "not a number"}], [],
-        )
+        store.write_cell(CellRow(cell_key="c1", status="done"),
+                         [Metric("score", "not a number")], [])
     assert query(store.path, "SELECT count(*) FROM cells")[1] == [(0,)]
 
 
@@ -145,8 +144,8 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     _, tables = query(store.path, "SELECT count(*) FROM paired_tests, contamination")
     assert tables == [(0,)]
     _cell(store, "c2", "base", "e2", 0.1)  # writes go on, with alerts possible
-    store.record_cell({"cell_key": "c3", "status": "done", "info": '{"judge": "x"}'}, [], [],
-                      [{"metric": "kl_mean", "value": 1.0, "threshold": 0.25, "message": "m"}])
+    store.write_cell(CellRow(cell_key="c3", status="done", info='{"judge": "x"}'), [], [],
+                     [Alert("kl_mean", 1.0, 0.25, "m")])
     _, alerts = query(store.path, "SELECT cell_key, metric FROM alerts")
     assert alerts == [("c3", "kl_mean")]
 
@@ -233,3 +232,14 @@ def test_a_store_missing_a_newer_view_gets_it_and_a_current_one_is_not_rewritten
     before = store.path.stat().st_mtime_ns
     store.ensure_current()
     assert store.path.stat().st_mtime_ns == before
+
+
+def test_each_row_dataclass_has_its_tables_columns_in_order(store):
+    """The typed rows and the schema are one contract: a field the table lacks, or a column
+    the row lacks, fails here rather than as a NULL column in a user's store."""
+    from harness.store.rows import TABLE_OF, columns
+
+    for row_type, table in TABLE_OF.items():
+        _, rows = query(store.path, "SELECT column_name FROM information_schema.columns "
+                                    "WHERE table_name = ? ORDER BY ordinal_position", [table])
+        assert columns(row_type) == [c for (c,) in rows], table

@@ -20,7 +20,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 @pytest.fixture(scope="session")
 def smollm2():
     """The built-in SmolLM2 folder, from the user's harness cache (built once, ~1 min)."""
-    from harness.components import ResolvedModel
+    from harness import ResolvedModel
     from harness.models import fingerprint
     from harness_plugins.sources.builtin import builtin_model_path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.components import Variant
+from harness import Variant
 from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.backends.vllm_engine import AdapterNotApplied, VLLMBackend, VLLMOptions
 
@@ -120,7 +120,7 @@ def test_lm_eval_multiple_choice_on_the_engine_matches_transformers(engine, smol
                                                                     tmp_path):
     """lm-eval's loglikelihood requests answered by the engine (one prompt per call) and by
     the copy give the same per-choice log-likelihoods."""
-    from harness.components import EvaluatorSpec
+    from harness import EvaluatorSpec
     from harness.testing import write_jsonl
     from harness_plugins.evaluators.benchmark import BenchmarkEvaluator, BenchmarkOptions
 

@@ -33,16 +33,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 import harness
-from harness.components import Options, ResolvedModel, TokenMoments, TokenScores, Variant
+from harness import ResolvedModel, TokenMoments, TokenScores, Variant, pick_device, pick_dtype
 
-from harness_plugins.backends.hf import (
-    HFBackend,
-    HFOptions,
-    cut_at_stop,
-    pick_device,
-    pick_dtype,
-    quiet_hflm,
-)
+from harness_plugins.backends.loading import HFBackend, HFOptions, cut_at_stop, quiet_hflm
 
 #: prompts of the adapter-applied check: plain text in a few registers
 CHECK_PROMPTS = (
@@ -57,7 +50,7 @@ CHECK_PROMPTS = (
 )
 
 
-class VLLMOptions(Options):
+class VLLMOptions(harness.Options):
     # the transformers copy (log-likelihood work, the adapter check, fallbacks)
     batch_size: int = Field(default=8, gt=0, description="batch size of the transformers copy")
     device: str = Field(default="auto", description="device of the transformers copy")
@@ -116,7 +109,7 @@ def check_message(name: str, to_adapter: float, to_base: float, moved: float,
             f"base by {moved:.3f}); {verdict}")
 
 
-class VLLMBackend:
+class VLLMBackend(harness.Backend):
     """One vLLM engine with LoRA enabled, and a transformers copy of the same base."""
 
     Options = VLLMOptions
@@ -300,7 +293,7 @@ class VLLMBackend:
                             for step, token in zip(steps, sequence[1:])])
         return results
 
-    # -- the Backend protocol -------------------------------------------------------------
+    # -- the Backend contract -------------------------------------------------------------
 
     @property
     def tokenizer(self) -> Any:

@@ -23,15 +23,24 @@ from typing import Any
 from pydantic import Field, model_validator
 
 import harness
-from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
-from harness.data import DataRow, ItemId, read_jsonl
-from harness.errors import DataError, UserError, first_line
+from harness import (
+    Backend,
+    DataError,
+    DataRow,
+    EvalResult,
+    ItemId,
+    Metric,
+    Sample,
+    UserError,
+    first_line,
+    read_jsonl,
+)
 
 LM_EVAL_PREFIX = "lm_eval:"
 PROMPT = "Question: {{question}}\nAnswer:"
 
 
-class BenchmarkOptions(Options):
+class BenchmarkOptions(harness.Options):
     task: str | None = Field(default=None, description="task name inside a YAML folder")
     num_fewshot: int | None = Field(default=None, ge=0)
     limit: float | None = Field(default=None, gt=0, description="items per task (or a fraction < 1)")
@@ -106,16 +115,13 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> d
     return config
 
 
-class BenchmarkEvaluator:
+class BenchmarkEvaluator(harness.Evaluator):
     Options = BenchmarkOptions
 
     @classmethod
     def check_data(cls, path: Path, options: BenchmarkOptions) -> None:
         """The offline JSONL format is read and checked when the suite is validated."""
         task_config_for_jsonl("check", path, options)
-
-    def __init__(self, spec: EvaluatorSpec, options: BenchmarkOptions) -> None:
-        self.spec, self.options = spec, options
 
     def _task(self) -> tuple[Any, Any]:
         """(what to pass as ``tasks``, the TaskManager that finds it)."""

@@ -31,17 +31,17 @@ from typing import Any
 from pydantic import Field
 
 import harness
-from harness.components import (
+from harness import (
     Alert,
     Backend,
+    DataRow,
     EvalResult,
-    EvaluatorSpec,
+    ItemId,
     Metric,
-    Options,
     Sample,
+    read_jsonl,
     require_backend,
 )
-from harness.data import DataRow, ItemId, read_jsonl
 
 from harness_plugins.evaluators.refusal import is_refusal
 
@@ -52,7 +52,7 @@ class DriftRow(DataRow):
     id: ItemId | None = None
 
 
-class DriftThresholds(Options):
+class DriftThresholds(harness.Options):
     """Values past which a metric raises an alert."""
 
     kl_mean: float = Field(default=0.25, gt=0, description="nats per token, alert above")
@@ -62,7 +62,7 @@ class DriftThresholds(Options):
     refusal_drift: float = Field(default=0.1, gt=0, le=1, description="alert when |drift| above")
 
 
-class DriftOptions(Options):
+class DriftOptions(harness.Options):
     max_new_tokens: int = Field(default=48, gt=0)
     chat_template: bool = True
     permutations: int = Field(default=999, ge=99, description="resamples of the permutation test")
@@ -145,13 +145,10 @@ def embed(texts: Sequence[str]) -> Any:
 # -- the evaluator -----------------------------------------------------------------------------
 
 
-class DriftEvaluator:
+class DriftEvaluator(harness.Evaluator):
     Options = DriftOptions
     Rows = DriftRow  # every row is read when the suite is validated
     default_role = "monitor"
-
-    def __init__(self, spec: EvaluatorSpec, options: DriftOptions) -> None:
-        self.spec, self.options = spec, options
 
     def _run(self, backend: Backend, asked: list[str], references: list[str]) -> tuple[list, list]:
         logprobs = backend.continuation_logprobs(list(zip(asked, references)))

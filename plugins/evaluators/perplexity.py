@@ -25,8 +25,7 @@ import re
 from pydantic import Field
 
 import harness
-from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
-from harness.data import DataRow, ItemId, read_jsonl
+from harness import Backend, DataRow, EvalResult, ItemId, Metric, Sample, read_jsonl
 
 
 class TextRow(DataRow):
@@ -34,7 +33,7 @@ class TextRow(DataRow):
     id: ItemId | None = None
 
 
-class PerplexityOptions(Options):
+class PerplexityOptions(harness.Options):
     limit: int | None = Field(default=None, gt=0, description="score only the first N texts")
     stride: int | None = Field(
         default=None, gt=0,
@@ -47,12 +46,9 @@ def count_words(text: str) -> int:
     return len(re.split(r"\s+", text))
 
 
-class PerplexityEvaluator:
+class PerplexityEvaluator(harness.Evaluator):
     Options = PerplexityOptions
     Rows = TextRow  # every row is read when the suite is validated
-
-    def __init__(self, spec: EvaluatorSpec, options: PerplexityOptions) -> None:
-        self.spec, self.options = spec, options
 
     def evaluate(self, backend: Backend) -> EvalResult:
         rows = [row for _, row in read_jsonl(self.spec.data, TextRow)][: self.options.limit]

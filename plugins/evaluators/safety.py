@@ -27,18 +27,18 @@ from typing import Any, Literal
 from pydantic import Field
 
 import harness
-from harness.components import (
+from harness import (
     Backend,
+    DataRow,
     EvalResult,
-    EvaluatorSpec,
+    ItemId,
     Metric,
-    Options,
     ResolvedModel,
     Sample,
     Variant,
+    read_jsonl,
     require_backend,
 )
-from harness.data import DataRow, ItemId, read_jsonl
 
 from harness_plugins.evaluators.refusal import is_refusal
 
@@ -153,7 +153,7 @@ class SafetyRow(DataRow):
     id: ItemId | None = None
 
 
-class SafetyOptions(Options):
+class SafetyOptions(harness.Options):
     guard: str = Field(default="hub:meta-llama/Llama-Guard-3-1B",
                        description="the judge: any model reference")
     format: GuardFormat = "llama-guard-3"
@@ -247,7 +247,7 @@ def _render_llama_guard(tokenizer: Any, user: str, agent: str) -> str:
     )
 
 
-class SafetyEvaluator:
+class SafetyEvaluator(harness.Evaluator):
     Options = SafetyOptions
     Rows = SafetyRow  # every row is read when the suite is validated
     default_role = "safety"
@@ -255,9 +255,6 @@ class SafetyEvaluator:
     @classmethod
     def required_models(cls, options: SafetyOptions) -> dict[str, str]:
         return {"guard": options.guard}
-
-    def __init__(self, spec: EvaluatorSpec, options: SafetyOptions) -> None:
-        self.spec, self.options = spec, options
 
     def evaluate(self, backend: Backend) -> EvalResult:
         require_backend(backend, "safety", "chat_prompt", "continuation_logprobs")

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import harness
-from harness.components import Options
 
 
-class LocalExecutor:
-    Options = Options
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options
-
+class LocalExecutor(harness.Executor):
     def run(self, units, work, emit) -> None:
         for unit in units:
             work(unit, emit)

@@ -14,11 +14,10 @@ from typing import Any
 from pydantic import Field
 
 import harness
-from harness.components import Options
-from harness.errors import first_line
+from harness import CellFinished, fail_cells, first_line
 
 
-class RayOptions(Options):
+class RayOptions(harness.Options):
     address: str | None = Field(
         default=None, description="cluster to join ('auto', 'ray://host:10001'); default: "
                                   "the Ray already started in this process, else a local one")
@@ -32,7 +31,7 @@ def _run_remote(unit: Any, work: Any, queue: Any) -> None:
     work(unit, queue.put)
 
 
-class RayExecutor:
+class RayExecutor(harness.Executor):
     Options = RayOptions
     #: Python packages this executor imports, with how to install them (checked when a
     #: suite is validated)
@@ -44,8 +43,6 @@ class RayExecutor:
     def run(self, units, work, emit) -> None:
         import ray
         from ray.util.queue import Queue
-
-        from harness.runner import CellFinished, fail_cells
 
         started_here = not ray.is_initialized()
         if started_here:

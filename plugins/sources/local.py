@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import harness
-from harness.errors import UserError
+from harness import UserError
 
 
-class LocalFolderSource:
+class LocalFolderSource(harness.ModelSource):
     """A folder with ``config.json``, tokenizer files and weights."""
 
     def resolve(self, reference: str, *, base_dir: Path, trust_remote_code: bool) -> Path:

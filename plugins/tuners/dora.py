@@ -6,11 +6,16 @@ peft's ``use_dora``; otherwise the LoRA recipe (SFT, loss on completions only).
 from __future__ import annotations
 
 import harness
-from harness.components import TuneJob, TuneResult
+from harness import TuneJob, TuneResult
 
-from harness_plugins.tuners.lora import train_sft
 from harness_plugins.tuners.rows import SFTRow
-from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
+from harness_plugins.tuners.training import (
+    AdapterOptions,
+    BaseTuner,
+    load_model_for,
+    lora_config,
+    train_sft,
+)
 
 
 class DoraOptions(AdapterOptions):

@@ -6,15 +6,14 @@ the reference forward pass, so no second copy of the model is held.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 import harness
-from harness.components import TuneJob, TuneResult
-from harness.errors import DataError
+from harness import TuneJob, TuneResult
 
+from harness_plugins.tuners.preferences import data_lines, prompt_fills_max_length
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,
@@ -86,18 +85,6 @@ class DPOTuner(BaseTuner):
             if line not in kept:
                 raise prompt_fills_max_length(job, line, options.max_length)
         return run_trainer(trainer, job, "adapter", recorder)
-
-
-def data_lines(path: Path) -> list[int]:
-    """The line number of every row of a JSONL file, counted as harness.data.read_jsonl counts."""
-    return [number for number, line in enumerate(path.read_bytes().split(b"\n"), start=1)
-            if line.strip()]
-
-
-def prompt_fills_max_length(job: TuneJob, line: int, max_length: int) -> DataError:
-    return DataError(job.data, line,
-                     f"the prompt fills max_length={max_length} tokens and leaves none for the "
-                     "answer; raise max_length or shorten the prompt", field="prompt")
 
 
 @harness.hookimpl

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pydantic import Field
 
 import harness
-from harness.components import TuneJob, TuneResult
+from harness import TuneJob, TuneResult
 
-from harness_plugins.tuners.lora import train_sft
 from harness_plugins.tuners.rows import SFTRow
-from harness_plugins.tuners.training import BaseTuner, TrainingOptions, load_model_for
+from harness_plugins.tuners.training import BaseTuner, TrainingOptions, load_model_for, train_sft
 
 
 class FullOptions(TrainingOptions):

@@ -12,24 +12,25 @@ switched off), so no second copy of the model is loaded.
 
 Data: one JSONL of prompt rows, ``{"prompt": "..."}`` or ``{"prompt": [messages]}``
 (preference rows work too; ``chosen``/``rejected`` are ignored).
-
-The helpers :func:`make_reward`, :func:`message_text` and :func:`read_prompts`
-are shared with the ``ppo`` tuner.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 import harness
-from harness.components import TuneJob, TuneResult
-from harness.data import read_jsonl
-from harness.errors import DataError, UserError
+from harness import TuneJob, TuneResult
 
+from harness_plugins.tuners.rl import (
+    make_reward,
+    message_text,
+    read_prompts,
+    reward_components,
+    write_log,
+)
 from harness_plugins.tuners.rows import PromptRow
 from harness_plugins.tuners.training import (
     AdapterOptions,
@@ -41,71 +42,6 @@ from harness_plugins.tuners.training import (
     run_trainer,
     trainer_args,
 )
-
-# -- shared with the ppo tuner ----------------------------------------------------------
-
-
-def message_text(value: Any) -> str:
-    """A prompt or completion as plain text, as rewards receive it.
-
-    Text stays text; a list of chat messages becomes their contents joined by a
-    blank line (roles and the chat template are dropped), so a one-turn prompt
-    ``[{"role": "user", "content": "Hi"}]`` reaches the reward as ``"Hi"``.
-    """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return str(value.get("content", ""))
-    return "\n\n".join(message_text(item) for item in value)
-
-
-def make_reward(tuner: str, job: TuneJob, name: str, raw_options: dict[str, Any]) -> Any:
-    """The registered reward ``name`` built with ``raw_options`` checked by its ``Options``.
-
-    Raises :class:`UserError` naming the tuner option on an unknown name or a bad option.
-    """
-    reward_class = job.rewards.get(name)
-    if reward_class is None:
-        known = ", ".join(sorted(job.rewards)) or "none"
-        raise UserError(f"{tuner} option 'reward': unknown reward {name!r}; known: {known}")
-    try:
-        options = reward_class.Options.model_validate(raw_options)
-    except ValidationError as exc:
-        raise UserError(*(
-            f"{tuner} option 'reward_options'"
-            + (f" field {'.'.join(str(p) for p in error['loc'])!r}" if error["loc"] else "")
-            + f" (reward {name!r}): {error['msg'].removeprefix('Value error, ')}"
-            for error in exc.errors()
-        )) from None
-    return reward_class(options)
-
-
-def read_prompts(job: TuneJob, tokenizer: Any,
-                 max_prompt_tokens: int) -> list[tuple[int, PromptRow, list[int]]]:
-    """Prompt rows of ``job.data`` with their chat-template token ids (generation prompt added).
-
-    A prompt longer than ``max_prompt_tokens`` is a :class:`DataError` naming its line.
-    """
-    rows = []
-    for line, row in read_jsonl(job.data, PromptRow):
-        ids = tokenizer.apply_chat_template(row.conversational()["prompt"],
-                                            add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
-        if len(ids) > max_prompt_tokens:
-            raise DataError(job.data, line, f"the prompt has {len(ids)} tokens; max_length minus "
-                            f"max_completion_length leaves room for {max_prompt_tokens}",
-                            field="prompt")
-        rows.append((line, row, list(ids)))
-    return rows
-
-
-def write_log(job: TuneJob, payload: dict[str, Any]) -> None:
-    """What the trainer logged (rewards per step and more), kept beside the adapter."""
-    (job.output_dir / "rl_log.json").write_text(json.dumps(payload, indent=1, default=float),
-                                                 encoding="utf-8")
-
-
-# -- the tuner ----------------------------------------------------------------------------
 
 
 class GRPOOptions(AdapterOptions):
@@ -152,6 +88,10 @@ def trl_reward_function(reward: Any, name: str) -> Any:
 class GRPOTuner(BaseTuner):
     Options = GRPOOptions
     Rows = PromptRow
+
+    @classmethod
+    def nested_components(cls, options: GRPOOptions) -> list[harness.NestedComponent]:
+        return reward_components(options)
 
     def tune(self, job: TuneJob) -> TuneResult:
         from datasets import Dataset

@@ -13,9 +13,9 @@ import warnings
 from pydantic import Field
 
 import harness
-from harness.components import TuneJob, TuneResult
+from harness import TuneJob, TuneResult
 
-from harness_plugins.tuners.dpo import data_lines, prompt_fills_max_length
+from harness_plugins.tuners.preferences import data_lines, prompt_fills_max_length
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
     AdapterOptions,

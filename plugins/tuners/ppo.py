@@ -52,17 +52,21 @@ from typing import Any
 from pydantic import Field, model_validator
 
 import harness
-from harness.components import TuneJob, TuneResult
-from harness.data import read_jsonl
-from harness.errors import DataError, UserError
+from harness import DataError, TuneJob, TuneResult, UserError, read_jsonl
 
-from harness_plugins.tuners.grpo import make_reward, message_text, read_prompts, write_log
 from harness_plugins.tuners.records import (
     PeakMemory,
     count_parameters,
     quiet_trainer,
     record_callback,
     training_record,
+)
+from harness_plugins.tuners.rl import (
+    make_reward,
+    message_text,
+    read_prompts,
+    reward_components,
+    write_log,
 )
 from harness_plugins.tuners.rows import PreferenceRow, PromptRow, load_rows
 from harness_plugins.tuners.training import (
@@ -277,6 +281,10 @@ class PPOTuner(BaseTuner):
     Options = PPOOptions
 
     @classmethod
+    def nested_components(cls, options: PPOOptions) -> list[harness.NestedComponent]:
+        return reward_components(options)
+
+    @classmethod
     def check_data(cls, path: Path, options: PPOOptions) -> None:
         # with a registered reward, prompts are enough; otherwise pairs train the reward model
         read_jsonl(path, PromptRow if options.reward else PreferenceRow)
@@ -288,13 +296,18 @@ class PPOTuner(BaseTuner):
         from transformers import AutoModelForSequenceClassification
         from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-        from harness_plugins.rewards.reward_model import RewardModelOptions, RewardModelReward
-
         options = self.options
         clock = time.perf_counter()
-        reward = None
+        reward = reward_model = None
         if options.reward:
             reward = make_reward("ppo", job, options.reward, options.reward_options)
+        else:
+            # the reward model trained below scores through the reward-model reward, asked
+            # for by its registered name like any reward: it is another plugin's class
+            reward_model = job.rewards.get("reward-model")
+            if reward_model is None:
+                raise UserError("ppo: without option 'reward' it trains a reward model, which "
+                                "scores through the 'reward-model' reward; no plugin registers it")
         tokenizer = load_tokenizer_for(job)
         tokenizer.padding_side = "left"
         rows = read_prompts(job, tokenizer, options.max_length - options.max_completion_length)
@@ -316,8 +329,8 @@ class PPOTuner(BaseTuner):
                 rm_model, rm_recorder = train_reward_model(job, options, rm_tokenizer)
                 rm_tokens, rm_steps = rm_recorder.tokens, len(rm_recorder.losses)
                 kept = job.output_dir / "reward_model"
-                reward = RewardModelReward.from_loaded(rm_model, rm_tokenizer,
-                                                       RewardModelOptions(path=kept))
+                reward = reward_model.from_loaded(
+                    rm_model, rm_tokenizer, reward_model.Options(path=kept))
                 log["reward_model_loss"] = rm_recorder.losses
                 log["reward_model_pair_accuracy"] = pair_accuracy(reward, job)
                 if options.keep_reward_model:

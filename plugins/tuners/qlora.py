@@ -11,11 +11,16 @@ from __future__ import annotations
 from typing import Literal
 
 import harness
-from harness.components import TuneJob, TuneResult
+from harness import TuneJob, TuneResult
 
-from harness_plugins.tuners.lora import train_sft
 from harness_plugins.tuners.rows import SFTRow
-from harness_plugins.tuners.training import AdapterOptions, BaseTuner, load_model_for, lora_config
+from harness_plugins.tuners.training import (
+    AdapterOptions,
+    BaseTuner,
+    load_model_for,
+    lora_config,
+    train_sft,
+)
 
 
 class QLoraOptions(AdapterOptions):

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from harness.components import TrainingRecord
+from harness import TrainingRecord
 
 
 class PeakMemory:

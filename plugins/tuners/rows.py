@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.data import DataRow, read_jsonl
+from harness import DataRow, read_jsonl
 
 Turns = list[dict[str, str]]
 

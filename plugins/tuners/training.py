@@ -1,20 +1,21 @@
 """What every tuner shares: options, trl trainer arguments, model loading, the run itself.
 
 A tuner module only says what differs: its options, its trl trainer and its
-peft configuration. The training loop is trl's; this module adds the
-bookkeeping every variant needs (loss curve, tokens, seconds, peak memory,
-parameter counts) and saves the result as safetensors.
+peft configuration (the four SFT tuners share their trainer too: :func:`train_sft`).
+The training loop is trl's; this module adds the bookkeeping every variant needs
+(loss curve, tokens, seconds, peak memory, parameter counts) and saves the result
+as safetensors.
 """
 
 from __future__ import annotations
 
 import shutil
-from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from harness.components import Options, TuneJob, TuneResult
+import harness
+from harness import Options, TuneJob, TuneResult
 
 from harness_plugins.tuners.records import (
     PeakMemory,
@@ -23,6 +24,7 @@ from harness_plugins.tuners.records import (
     record_callback,  # re-exported: every tuner takes its training tools from this module
     training_record,
 )
+from harness_plugins.tuners.rows import SFTRow, load_rows
 
 
 class TrainingOptions(Options):
@@ -52,22 +54,13 @@ class AdapterOptions(TrainingOptions):
     target_modules: list[str] | str = "all-linear"
 
 
-class BaseTuner(ABC):
-    """What every built-in tuner's class shares: its ``Options`` model and the constructor.
-
-    The host validates a suite entry's ``options`` table against ``Options`` and builds
-    the tuner with the result; a subclass sets ``Options`` and ``Rows`` (the row schema
-    of its data, read in full when the suite is validated) and writes ``tune(job)``.
+class BaseTuner(harness.Tuner):
+    """A built-in tuner: :class:`harness.Tuner` whose options default to
+    :class:`TrainingOptions`. A subclass sets ``Options`` and ``Rows`` (the row schema of
+    its data, read in full when the suite is validated) and writes ``tune(job)``.
     """
 
     Options: ClassVar[type[TrainingOptions]] = TrainingOptions
-    Rows: ClassVar[Any] = None
-
-    def __init__(self, options: Any) -> None:
-        self.options = options
-
-    @abstractmethod
-    def tune(self, job: TuneJob) -> TuneResult: ...
 
 
 def lora_config(options: AdapterOptions, **extra: Any) -> Any:
@@ -118,9 +111,7 @@ def trainer_args(config_class: Any, options: TrainingOptions, job: TuneJob, **ex
 
 
 def load_tokenizer_for(job: TuneJob) -> Any:
-    from harness_plugins.backends.hf import load_tokenizer
-
-    return load_tokenizer(job.model.path, trust_remote_code=job.model.trust_remote_code)
+    return harness.load_tokenizer(job.model.path, trust_remote_code=job.model.trust_remote_code)
 
 
 def load_model_for(job: TuneJob, **kwargs: Any) -> Any:
@@ -153,3 +144,16 @@ def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
     return TuneResult(save, out, record)
 
 
+def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,
+              save: Literal["adapter", "weights"] = "adapter") -> TuneResult:
+    """Supervised fine-tuning with trl's SFTTrainer; shared by LoRA, DoRA, QLoRA and full."""
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = load_rows(job.data, SFTRow)
+    recorder = record_callback(job.on_step)
+    args = trainer_args(SFTConfig, options, job, max_length=options.max_length,
+                        completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
+                         processing_class=load_tokenizer_for(job), peft_config=peft_config,
+                         callbacks=[recorder])
+    return run_trainer(trainer, job, save, recorder)

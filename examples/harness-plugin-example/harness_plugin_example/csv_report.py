@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 
-from harness.components import Options, ReportContext
-from harness.store import query
+import harness
+from harness import ReportContext, query
 
 
-class CsvReporter:
-    Options = Options  # no options
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options
+class CsvReporter(harness.Reporter):
+    """No options: ``Options`` stays the base's empty ``harness.Options``."""
 
     def report(self, context: ReportContext) -> None:
         columns, rows = query(

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import Field
 
-from harness.components import Backend, EvalResult, EvaluatorSpec, Metric, Options, Sample
-from harness.data import DataRow, ItemId, read_jsonl
+import harness
+from harness import Backend, DataRow, EvalResult, ItemId, Metric, Sample, read_jsonl
 
 
 class JsonRow(DataRow):
@@ -27,7 +27,7 @@ class JsonRow(DataRow):
     id: ItemId | None = None
 
 
-class JsonMatchOptions(Options):
+class JsonMatchOptions(harness.Options):
     max_new_tokens: int = Field(default=64, gt=0)
     chat_template: bool = Field(default=True, description="ask in the model's chat template")
 
@@ -46,13 +46,10 @@ def first_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-class JsonMatchEvaluator:
+class JsonMatchEvaluator(harness.Evaluator):
     Options = JsonMatchOptions
     Rows = JsonRow  # harness reads every row at validation: a bad one stops with its line
     default_role = "target"
-
-    def __init__(self, spec: EvaluatorSpec, options: JsonMatchOptions) -> None:
-        self.spec, self.options = spec, options
 
     def evaluate(self, backend: Backend) -> EvalResult:
         rows = [row for _, row in read_jsonl(self.spec.data, JsonRow)]

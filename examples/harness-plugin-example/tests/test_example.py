@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-from harness.components import EvaluatorSpec
+from harness import EvaluatorSpec
 from harness.testing import write_jsonl
 
 from harness_plugin_example.json_match import JsonMatchEvaluator, JsonMatchOptions, first_json_object

@@ -37,11 +37,12 @@ import json
 import math
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.analysis.items import Item
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # a large odd number (the golden ratio's bits)
@@ -140,24 +141,6 @@ class NgramIndex:
         return int((table[positions] == hashes).sum()), len(hashes)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One evaluation item, as stored in ``samples``."""
-
-    index: int
-    item_id: str | None
-    text: str
-
-
-def item_text(prompt: str | None, target: str | None, extra: dict[str, Any] | None) -> str:
-    """What an item says: lm-eval's decontamination query when the task defines one
-    (the question without its few-shot context), else the prompt and the target."""
-    query = (extra or {}).get("decontamination_query")
-    if isinstance(query, str) and query.strip():
-        return query
-    return " ".join(part for part in (prompt, target) if part)
-
-
 def data_side(items: Sequence[Item], index: NgramIndex, n: int,
               min_overlap: float) -> list[dict[str, Any]]:
     """An ``exact`` and an ``ngram-<n>`` finding per item."""
@@ -206,84 +189,3 @@ def outliers(values: Sequence[float], z: float) -> list[bool]:
     if spread == 0:
         spread = float(np.std(array)) or 1e-12
     return [bool(v > 0 and v - median > z * spread) for v in array]
-
-
-# -- the analysis after a run: reads the store, writes ``contamination`` -----------------
-
-
-def analyse(store: Any, suite: Any, variants: Sequence[Any]) -> int:
-    """Check every tuned variant of ``suite`` against every evaluator's items, data side and
-    model side, for pairs not analysed yet with these settings. Returns the rows added.
-
-    ``store`` is a :class:`harness.store.Store`; ``variants`` the plan's variants (their
-    keys, tuning data files and data hashes).
-    """
-    from harness.runner import content_hash
-
-    settings = suite.contamination
-    tuned = {v.key: v for v in variants if v.tuner is not None}
-    if not tuned or not store.path.exists():
-        return 0
-    # the methods a new finding replaces, as LIKE patterns: the data side's under any n
-    data_methods, model_methods = ("exact", "ngram-%"), ("min-k", "min-k++")
-    rows: list[list[Any]] = []
-    replaced: list[tuple[str, str, tuple[str, ...]]] = []
-    indexes: dict[str, NgramIndex] = {}
-    findings: dict[str, list[dict[str, Any]]] = {}
-    with store.read() as con:
-        if "contamination" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
-            return 0
-        done = {r[0] for r in con.execute("SELECT DISTINCT analysis_key FROM contamination")
-                .fetchall()}
-        pairs = con.execute("""
-            SELECT model, variant, variant_key, evaluator, evaluator_key, variant_cell_key,
-                   base_cell_key
-            FROM base_pairs WHERE suite = ?""", [suite.name]).fetchall()
-        for model, variant, variant_key, evaluator, evaluator_key, cell, base_cell in pairs:
-            plan = tuned.get(variant_key)
-            if plan is None:
-                continue
-            dataset = plan.tuner.data
-            head = [suite.name, model, variant, variant_key, evaluator, evaluator_key]
-            # what the findings depend on; variants tuned on the same file share them
-            inputs = [plan.data_hash, base_cell, settings.ngram, settings.min_overlap]
-            data_key = content_hash(["data", variant_key, *inputs])
-            if data_key not in done and Path(dataset).is_file():
-                shared = content_hash(inputs)
-                if shared not in findings:
-                    if plan.data_hash not in indexes:
-                        indexes[plan.data_hash] = NgramIndex(read_tuning_texts(Path(dataset)))
-                    items = [Item(index, item_id,
-                                  item_text(prompt, target, json.loads(extra or "{}")))
-                             for index, item_id, prompt, target, extra in con.execute(
-                                 "SELECT item_index, item_id, prompt, target, extra FROM samples "
-                                 "WHERE cell_key = ? ORDER BY item_index", [base_cell]).fetchall()]
-                    findings[shared] = data_side(items, indexes[plan.data_hash], settings.ngram,
-                                                 settings.min_overlap)
-                for finding in findings[shared]:
-                    item = finding["item"]
-                    rows.append([data_key, *head, item.index, item.item_id, dataset,
-                                 finding["method"], finding["score"], finding["flagged"],
-                                 json.dumps(finding["detail"])])
-                replaced.append((variant_key, evaluator_key, data_methods))
-            model_key = content_hash(["membership", cell, base_cell, settings.z])
-            if settings.membership and model_key not in done:
-                scored = con.execute("""
-                    SELECT v.item_index, v.item_id, b.min_k, v.min_k, b.min_k_plus, v.min_k_plus
-                    FROM samples v JOIN samples b
-                      ON b.cell_key = ? AND b.item_index = v.item_index
-                    WHERE v.cell_key = ? AND v.min_k_plus IS NOT NULL
-                      AND b.min_k_plus IS NOT NULL
-                    ORDER BY v.item_index""", [base_cell, cell]).fetchall()
-                if not scored:
-                    continue
-                for method, base_col, variant_col in (("min-k", 2, 3), ("min-k++", 4, 5)):
-                    deltas = [r[variant_col] - r[base_col] for r in scored]
-                    for r, delta, flagged in zip(scored, deltas, outliers(deltas, settings.z)):
-                        rows.append([model_key, *head, r[0], r[1], dataset, method, delta,
-                                     flagged, json.dumps({"base": r[base_col],
-                                                          "variant": r[variant_col]})])
-                replaced.append((variant_key, evaluator_key, model_methods))
-    if rows:
-        store.record_contamination(replaced, rows)
-    return len(rows)

@@ -1,0 +1,114 @@
+"""The driver's side of a run's events: each event a worker emits becomes typed store rows,
+lifecycle hook calls and progress on the console."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.progress import Progress
+
+from harness.plan import options_payload
+from harness.plugins import PluginHost
+from harness.records import (
+    CellFinished,
+    CellOutcome,
+    CellPlan,
+    CellStarted,
+    TuningFinished,
+    TuningStarted,
+    TuningStep,
+)
+from harness.store import CellRow, Store, VariantRow
+
+
+class Recorder:
+    """Receives worker events on the driver: writes the store, fires hooks, moves the bars."""
+
+    def __init__(self, store: Store, host: PluginHost, run_id: str, suite: str,
+                 progress: Progress, cells_task: int) -> None:
+        self.store, self.host, self.run_id, self.suite = store, host, run_id, suite
+        self.progress, self.cells_task = progress, cells_task
+        self.tuning_tasks: dict[str, int] = {}
+        self.warned: set[str] = set()
+        self.done = self.failed = 0
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, CellStarted):
+            self.progress.update(self.cells_task, description=f"[cyan]{event.cell.label}")
+            self.host.cell_started(event.cell)
+        elif isinstance(event, CellFinished):
+            self._record_cell(event.cell, event.outcome)
+        elif isinstance(event, TuningStarted):
+            self.tuning_tasks[event.variant.key] = self.progress.add_task(
+                f"[magenta]tuning {event.variant.model.name}/{event.variant.name}", total=None
+            )
+        elif isinstance(event, TuningStep):
+            task = self.tuning_tasks.get(event.variant.key)
+            if task is not None:
+                self.progress.update(task, completed=event.step, total=event.total,
+                                     description=f"[magenta]tuning {event.variant.name} "
+                                                 f"loss {event.loss:.3f}")
+        elif isinstance(event, TuningFinished):
+            task = self.tuning_tasks.pop(event.variant.key, None)
+            if task is not None:
+                self.progress.remove_task(task)
+            self._record_variant(event)
+
+    def _record_variant(self, event: TuningFinished) -> None:
+        variant = event.variant
+        row = VariantRow(
+            variant_key=variant.key, suite=self.suite, model_name=variant.model.name,
+            model_key=variant.model.fingerprint, name=variant.name, method=variant.method,
+            config=json.dumps(options_payload(variant.tuner), sort_keys=True),
+            data_path=variant.tuner.data, data_hash=variant.data_hash, run_id=self.run_id,
+        )
+        if event.result is None:
+            row.status, row.error = "failed", event.error
+        else:
+            record = event.result.record
+            row.kind, row.path = event.result.kind, str(event.result.path)
+            row.steps, row.loss_curve, row.final_loss = (record.steps, record.loss_curve,
+                                                         record.final_loss)
+            row.seconds, row.train_tokens = record.seconds, record.train_tokens
+            row.tokens_per_second = record.tokens_per_second
+            row.peak_memory_mb = record.peak_memory_mb
+            row.trainable_params, row.total_params = record.trainable_params, record.total_params
+        self.store.write_variant(row)
+
+    def _record_cell(self, cell: CellPlan, outcome: CellOutcome) -> None:
+        route = dict(outcome.route or {})
+        row = CellRow(
+            cell_key=cell.key, run_id=self.run_id, suite=cell.suite,
+            model_name=cell.model.name, model_key=cell.model.fingerprint,
+            variant_name=cell.variant.name, variant_key=cell.variant.key,
+            evaluator=cell.evaluator.name, evaluator_kind=cell.evaluator.kind,
+            evaluator_key=cell.evaluator_key, role=cell.evaluator.role,
+            backend=cell.backend, status=outcome.status, error=outcome.error,
+            traceback=outcome.traceback, seconds=outcome.seconds,
+            started_at=outcome.started_at, finished_at=outcome.finished_at,
+            backend_path=route.pop("path", None),
+        )
+        result = outcome.result
+        if result is not None:
+            info = dict(result.info)
+            if route:
+                info["backend"] = route
+            row.info = json.dumps(info, default=str)
+            warning = result.info.get("warning")
+            if warning and warning not in self.warned:  # once per run, not once per cell
+                self.warned.add(warning)
+                self.progress.console.print(f"[yellow]warning[/yellow] {cell.evaluator.name}: {warning}")
+        self.store.write_cell(row, outcome.metrics,
+                              result.samples if result is not None else (),
+                              result.alerts if result is not None else ())
+        if outcome.status == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+            self.progress.console.print(f"[red]cell {cell.label} failed:[/red] {outcome.error}")
+        self.progress.advance(self.cells_task)
+        self.host.cell_finished(cell, outcome)
+        for alert in result.alerts if result is not None else ():
+            self.progress.console.print(f"[yellow]alert[/yellow] {cell.label}: {alert.message}")
+            self.host.drift_alert(cell, alert)

@@ -1,0 +1,336 @@
+"""Plain dataclasses that cross boundaries: models and variants, jobs and results, the plan,
+the events a worker emits, and run information. No behaviour, no imports of the rest of
+harness, nothing heavy: a record can be pickled to a Ray worker and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# -- models and variants ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model made local: a folder with a config, tokenizer and safetensors."""
+
+    name: str
+    source: str
+    path: Path
+    fingerprint: str
+    trust_remote_code: bool = False
+
+
+VariantKind = Literal["base", "adapter", "weights"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The base itself, or what a tuner made of it (a peft adapter or a weights folder)."""
+
+    name: str
+    key: str
+    model: ResolvedModel
+    kind: VariantKind
+    path: Path | None = None
+    method: str | None = None
+
+
+# -- tuning ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingRecord:
+    """What a tuning run cost and how its loss moved."""
+
+    steps: int
+    loss_curve: list[float]
+    seconds: float
+    train_tokens: int
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.loss_curve[-1] if self.loss_curve else None
+
+
+@dataclass
+class TuneJob:
+    """Everything a tuner needs: the base, its data, where to save, a seed."""
+
+    model: ResolvedModel
+    variant_name: str
+    data: Path
+    output_dir: Path
+    seed: int
+    #: called after every optimiser step with (step, total_steps, loss)
+    on_step: Callable[[int, int, float], None] = lambda step, total, loss: None
+    #: every registered reward class by name, for tuners that optimise a reward
+    rewards: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuneResult:
+    kind: Literal["adapter", "weights"]
+    path: Path
+    record: TrainingRecord
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+#: ``general`` and ``safety`` scores feed the forgetting view, ``target`` scores are what
+#: tuning aimed at, ``monitor`` scores (drift) describe change and feed neither.
+Role = Literal["general", "target", "safety", "monitor"]
+ROLES: tuple[str, ...] = ("general", "target", "safety", "monitor")
+
+
+@dataclass
+class Metric:
+    name: str
+    value: float
+    n: int | None = None
+    stderr: float | None = None
+    higher_is_better: bool = True
+    #: the one metric the leaderboard and forgetting view show for an evaluator
+    primary: bool = False
+
+
+@dataclass
+class Sample:
+    """One evaluated item, kept so that later analysis can pair base and variant."""
+
+    index: int
+    item_id: str | None = None
+    prompt: str | None = None
+    target: str | None = None
+    output: str | None = None
+    score: float | None = None
+    logprobs: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: membership scores of the item's text under the model (set by the worker when the
+    #: suite's ``[contamination] membership`` is on; see harness/analysis/contamination.py)
+    min_k: float | None = None
+    min_k_plus: float | None = None
+
+
+@dataclass
+class Alert:
+    """A metric that crossed its threshold (a drift monitor's finding)."""
+
+    metric: str
+    value: float
+    threshold: float
+    message: str
+
+
+@dataclass
+class EvalResult:
+    metrics: list[Metric]
+    samples: list[Sample] = field(default_factory=list)
+    #: thresholds crossed; stored in ``alerts`` and sent to ``harness_drift_alert``
+    alerts: list[Alert] = field(default_factory=list)
+    #: facts about how the scores were made (the judge model used, ...): ``cells.info``
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """An evaluator as the suite declares it, with paths already resolved."""
+
+    name: str
+    kind: str
+    role: Role
+    data: str
+    seed: int
+    #: models named by the evaluator's ``required_models(options)``, made local by the host
+    models: dict[str, ResolvedModel] = field(default_factory=dict)
+
+
+@dataclass
+class TokenScores:
+    """Log-probabilities of the scored tokens of one text (the first token is context)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    num_bytes: int
+
+
+@dataclass
+class TokenMoments:
+    """Per token of one text: its log-probability, and the mean and standard deviation of
+    the log-probability under the model's next-token distribution there (for Min-K%++)."""
+
+    logprobs: list[float]
+    means: list[float]
+    stds: list[float]
+
+
+@dataclass
+class ReportContext:
+    store_path: Path
+    run_id: str | None
+    suite_name: str
+    console: Console
+
+
+# -- the plan: a suite expanded into variants and cells -------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """A suite entry with its component class found, data path resolved and options
+    validated: the class travels with it, so nothing downstream looks it up again."""
+
+    name: str
+    kind: str  # the registered component name (tuner method, evaluator kind, ...)
+    cls: Any  # the registered class
+    options: Any  # the component's validated Options instance
+    raw_options: dict[str, Any]
+    data: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    """The base, or a tuner applied to it."""
+
+    name: str
+    key: str
+    model: ResolvedModel
+    tuner: ResolvedComponent | None
+    data_hash: str | None = None
+    output_dir: Path | None = None
+    rewards: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str | None:
+        return self.tuner.kind if self.tuner else None
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    key: str
+    suite: str
+    seed: int
+    model: ResolvedModel
+    variant: VariantPlan
+    evaluator: ResolvedComponent
+    evaluator_key: str
+    backend: str
+    #: models the evaluator needs besides the one under test (a guard), by purpose
+    evaluator_models: dict[str, ResolvedModel] = field(default_factory=dict)
+    #: Min-K%'s k when the cell also scores its items' membership, else None
+    membership_k: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name}/{self.variant.name}/{self.evaluator.name}"
+
+
+@dataclass
+class Plan:
+    variants: list[VariantPlan]
+    cells: list[CellPlan]
+
+
+@dataclass
+class Unit:
+    """One base model and the work on it: the backend loads the base once."""
+
+    model: ResolvedModel
+    variants: list[VariantPlan]
+    trained: dict[str, Variant]  # variant key -> ready variant (base and already-tuned)
+    cells: list[CellPlan]
+    backend_class: Any
+    backend_options: Any
+
+
+# -- events a worker emits and the driver records ---------------------------------------------
+
+
+@dataclass
+class CellOutcome:
+    status: str  # "done" or "failed"
+    metrics: list[Metric] = field(default_factory=list)
+    result: EvalResult | None = None
+    error: str | None = None
+    traceback: str | None = None
+    seconds: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: how the backend served the variant (``path``: ``cells.backend_path``; the rest goes
+    #: to ``cells.info`` under ``backend``), from the backend's ``route()``
+    route: dict[str, Any] | None = None
+
+
+@dataclass
+class CellStarted:
+    cell: CellPlan
+
+
+@dataclass
+class CellFinished:
+    cell: CellPlan
+    outcome: CellOutcome
+
+
+@dataclass
+class TuningStarted:
+    variant: VariantPlan
+    total_steps: int | None = None
+
+
+@dataclass
+class TuningStep:
+    variant: VariantPlan
+    step: int
+    total: int
+    loss: float
+
+
+@dataclass
+class TuningFinished:
+    variant: VariantPlan
+    result: TuneResult | None
+    error: str | None = None
+    traceback: str | None = None
+
+
+#: what ``emit`` receives from a worker
+Event = CellStarted | CellFinished | TuningStarted | TuningStep | TuningFinished
+
+
+# -- a run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    suite: str
+    store_path: Path
+    cells: list[CellPlan]
+    pending: list[CellPlan]
+
+
+@dataclass
+class RunSummary:
+    planned: int
+    cached: int
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    run_id: str | None = None
+    store_path: Path | None = None

@@ -1,0 +1,160 @@
+"""The suite file's schema: TOML in, a :class:`SuiteFile` (every table and field checked by
+pydantic) out, or every problem at once, one line each naming the file, the table (with
+its index and name) and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import UserError, validation_problems
+from harness.records import Role
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuiteSection(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    store: str | None = None
+    seed: int = 0
+    reporters: list[str] = ["console"]
+    #: distributions (plugins) the suite needs, as requirement strings: "pkg>=0.2"
+    requires: list[str] = []
+
+
+class ModelEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(min_length=1)
+    trust_remote_code: bool = False
+
+
+class TunerEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    method: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _not_base(cls, value: str) -> str:
+        if value == "base":
+            raise ValueError("'base' is reserved for the untouched model")
+        return value
+
+
+class EvaluatorEntry(_Table):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    role: Role | None = None  # default: the evaluator class's `default_role`, else general
+    options: dict[str, Any] = {}
+
+
+class ComponentChoice(_Table):
+    kind: str = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+
+class ContaminationSection(_Table):
+    """``[contamination]``: how evaluation items are checked against the tuning data and
+    under each variant (harness/contamination.py)."""
+
+    #: word n-gram length of the overlap check (lm-eval's and the GPT-3 report's 13)
+    ngram: int = Field(default=13, ge=1, le=64)
+    #: flag an item when more than this share of its n-grams is in the data (0: any)
+    min_overlap: float = Field(default=0.0, ge=0, lt=1)
+    #: score every item with Min-K% and Min-K%++ under the base and each variant
+    membership: bool = True
+    #: the share of lowest-scoring tokens that Min-K% and Min-K%++ average
+    k: float = Field(default=0.2, gt=0, le=1)
+    #: flag an item whose Min-K%++ rise lies this many robust deviations above the median
+    z: float = Field(default=3.0, gt=0)
+
+
+class SuiteFile(_Table):
+    suite: SuiteSection
+    models: list[ModelEntry] = Field(min_length=1)
+    tuners: list[TunerEntry] = []
+    evaluators: list[EvaluatorEntry] = Field(min_length=1)
+    backend: ComponentChoice = ComponentChoice(kind="hf")
+    executor: ComponentChoice = ComponentChoice(kind="local")
+    contamination: ContaminationSection = ContaminationSection()
+
+
+TABLE_LABEL = {
+    "suite": "[suite]",
+    "models": "[[models]]",
+    "tuners": "[[tuners]]",
+    "evaluators": "[[evaluators]]",
+    "backend": "[backend]",
+    "executor": "[executor]",
+    "contamination": "[contamination]",
+}
+
+
+def where(raw: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str, str]:
+    """Split a pydantic location into a table label and a dotted field name."""
+    if not loc:
+        return "(top level)", ""
+    table = str(loc[0])
+    label = TABLE_LABEL.get(table, f"[{table}]")
+    rest = list(loc[1:])
+    if rest and isinstance(rest[0], int):
+        index = rest.pop(0)
+        entry = raw.get(table, [])
+        name = entry[index].get("name") if index < len(entry) and isinstance(entry[index], dict) else None
+        label += f" #{index + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+    return label, ".".join(str(part) for part in rest)
+
+
+def problem_line(path: Path, label: str, field: str, message: str) -> str:
+    where = f"{path}: {label}"
+    if field:
+        where += f" field {field!r}"
+    return f"{where}: {message}"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such suite file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def parse_suite_file(path: Path) -> tuple[dict[str, Any], SuiteFile]:
+    """Read and check a suite file's tables and fields; returns the raw TOML and the model."""
+    raw = read_toml(path)
+    try:
+        return raw, SuiteFile.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error, (dotted, message) in zip(exc.errors(), validation_problems(exc)):
+            label, field = where(raw, tuple(error["loc"]))
+            if error["loc"] in (("models",), ("evaluators",)) and error["type"] in (
+                    "missing", "too_short"):  # an empty matrix
+                message = f"at least one {label} entry is required"
+            lines.append(problem_line(path, label, field, message))
+        raise UserError(*lines) from None
+
+
+def store_path(suite_file: Path, name: str, store: str | None) -> Path:
+    """Where a suite's store lives: its ``[suite] store``, else ``results/<name>.duckdb``,
+    relative to the suite file's folder."""
+    return (suite_file.parent / (store or f"results/{name}.duckdb")).resolve()
+
+

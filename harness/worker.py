@@ -1,0 +1,198 @@
+"""The worker: one unit of work (one base model's tuning and evaluation), run wherever an
+executor puts it. It reports through ``emit`` and never touches the store: the driver
+(:mod:`harness.runner`) is the only writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.contracts import Backend
+from harness.records import (
+    CellFinished,
+    CellOutcome,
+    CellPlan,
+    CellStarted,
+    EvalResult,
+    EvaluatorSpec,
+    Sample,
+    TuneJob,
+    TuneResult,
+    TuningFinished,
+    TuningStarted,
+    TuningStep,
+    Unit,
+    Variant,
+    VariantPlan,
+)
+
+Emit = Callable[[Any], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _seed_everything(seed: int) -> None:
+    """What ``transformers.set_seed`` does in one process: Python's, numpy's and torch's
+    generators (``torch.manual_seed`` seeds every device). Spelled out because importing
+    ``set_seed`` loads transformers' whole trainer stack: 2 s before an evaluation-only run
+    (bench/eval_overhead.py)."""
+    import random
+
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars would fight with the run's; keep ours."""
+    import datasets
+    import transformers
+
+    # transformers 5 renamed some training arguments that trl still passes by the old name
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    datasets.disable_progress_bars()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # bitsandbytes (>= 0.50) on a CPU with AVX512-BF16 tries to fetch a faster 4-bit kernel
+    # from the hub and warns when it cannot; its built-in CPU kernel is used either way.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _tune(variant: VariantPlan, seed: int, emit: Emit) -> Variant:
+    tuner = variant.tuner.cls(variant.tuner.options)
+    final_dir = variant.output_dir
+    # The staging folder is the variant's own (its key is in the name): a run that was
+    # killed while tuning left its checkpoints there, and tuners that write them resume.
+    staging = final_dir.with_name(final_dir.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    emit(TuningStarted(variant))
+    _seed_everything(seed)
+    job = TuneJob(
+        model=variant.model, variant_name=variant.name, data=Path(variant.tuner.data),
+        output_dir=staging, seed=seed,
+        on_step=lambda step, total, loss: emit(TuningStep(variant, step, total, loss)),
+        rewards=variant.rewards,
+    )
+    try:
+        result = tuner.tune(job)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)  # a failure starts again from scratch
+        raise
+    # Only a complete adapter or weights folder gets the final name.
+    shutil.rmtree(final_dir, ignore_errors=True)
+    staging.rename(final_dir)
+    result = TuneResult(result.kind, final_dir / result.path.relative_to(staging), result.record)
+    emit(TuningFinished(variant, result))
+    return Variant(variant.name, variant.key, variant.model, result.kind, result.path,
+                   variant.method)
+
+
+def _evaluate(cell: CellPlan, backend: Backend) -> CellOutcome:
+    started, clock = utcnow(), time.perf_counter()
+    try:
+        _seed_everything(cell.seed)
+        spec = EvaluatorSpec(cell.evaluator.name, cell.evaluator.kind,
+                             cell.evaluator.role or "general", cell.evaluator.data or "", cell.seed,
+                             cell.evaluator_models)
+        evaluator = cell.evaluator.cls(spec, cell.evaluator.options)
+        result = evaluator.evaluate(backend)
+        if not isinstance(result, EvalResult):
+            raise TypeError(
+                f"evaluator {cell.evaluator.kind!r} returned {type(result).__name__}, "
+                "expected EvalResult"
+            )
+        if cell.membership_k is not None and result.samples:
+            _score_membership(result.samples, backend, cell.membership_k)
+        return CellOutcome("done", result.metrics, result, seconds=time.perf_counter() - clock,
+                           started_at=started, finished_at=utcnow())
+    except Exception as exc:
+        return CellOutcome("failed", error=f"{type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc(),
+                           seconds=time.perf_counter() - clock, started_at=started,
+                           finished_at=utcnow())
+
+
+def _score_membership(samples: list[Sample], backend: Backend, k: float) -> None:
+    """Min-K% and Min-K%++ of each item's text (prompt and target) under the active model;
+    left empty when the backend has no ``token_moments``."""
+    # here, not at import: numpy loads only when a run scores membership
+    from harness.analysis.contamination import membership_scores
+    from harness.analysis.items import item_text
+
+    texts = [item_text(s.prompt, s.target, None) for s in samples]  # prompt and target
+    moments_per_text = backend.token_moments(texts)
+    if moments_per_text is None:
+        return
+    for sample, moments in zip(samples, moments_per_text):
+        if moments.logprobs:
+            sample.min_k, sample.min_k_plus = membership_scores(
+                moments.logprobs, moments.means, moments.stds, k)
+
+
+def fail_cells(cells: list[CellPlan], error: str, tb: str | None, emit: Emit) -> None:
+    """Cells that cannot run (their tuning, their model or their worker failed) still start
+    and finish, as failed. Executors call it for the cells of a unit whose worker died."""
+    for cell in cells:
+        now = utcnow()
+        emit(CellStarted(cell))
+        emit(CellFinished(cell, CellOutcome("failed", error=error, traceback=tb,
+                                            started_at=now, finished_at=now)))
+
+
+def run_unit(unit: Unit, emit: Emit) -> None:
+    """Tune what is missing, then evaluate every pending cell of one base model."""
+    _quiet_libraries()
+    backend = None
+    try:
+        for index, variant in enumerate(unit.variants):
+            cells = [c for c in unit.cells if c.variant.key == variant.key]
+            ready = unit.trained.get(variant.key)
+            if ready is None:
+                try:
+                    ready = _tune(variant, cells[0].seed, emit)
+                except Exception as exc:
+                    error = f"tuning {variant.name!r} failed: {type(exc).__name__}: {exc}"
+                    tb = traceback.format_exc()
+                    emit(TuningFinished(variant, None, error, tb))
+                    fail_cells(cells, error, tb, emit)
+                    continue
+            if backend is None:
+                try:
+                    backend = unit.backend_class(unit.backend_options)
+                    backend.load(unit.model)
+                except Exception as exc:
+                    error = f"loading {unit.model.name!r} failed: {type(exc).__name__}: {exc}"
+                    tb = traceback.format_exc()
+                    later = {v.key for v in unit.variants[index:]}
+                    fail_cells([c for c in unit.cells if c.variant.key in later], error, tb, emit)
+                    backend = None
+                    return
+            try:
+                backend.activate(ready)
+            except Exception as exc:
+                error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
+                fail_cells(cells, error, traceback.format_exc(), emit)
+                continue
+            route = backend.route()
+            for cell in cells:
+                emit(CellStarted(cell))
+                outcome = _evaluate(cell, backend)
+                outcome.route = route
+                emit(CellFinished(cell, outcome))
+    finally:
+        if backend is not None:
+            backend.close()
