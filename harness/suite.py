@@ -144,8 +144,8 @@ class _Resolver:
         try:
             return cls.Options.model_validate(values)
         except ValidationError as exc:
-            for field, message in validation_problems(exc, prefix):
-                self.problem(label, field, message + suffix)
+            for dotted, message in validation_problems(exc, prefix):
+                self.problem(label, dotted, message + suffix)
             return None
 
     def choice(self, kind: str, name: str, values: dict[str, Any], label: str,

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from harness.contracts import Backend
 from harness.records import (
@@ -23,6 +22,7 @@ from harness.records import (
     CellStarted,
     EvalResult,
     EvaluatorSpec,
+    Event,
     Sample,
     TuneJob,
     TuneResult,
@@ -34,7 +34,8 @@ from harness.records import (
     VariantPlan,
 )
 
-Emit = Callable[[Any], None]
+#: how a worker hands an event to the driver
+Emit = Callable[[Event], None]
 
 
 def utcnow() -> datetime:
