@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,7 +94,7 @@ class TuneResult:
 #: ``general`` and ``safety`` scores feed the forgetting view, ``target`` scores are what
 #: tuning aimed at, ``monitor`` scores (drift) describe change and feed neither.
 Role = Literal["general", "target", "safety", "monitor"]
-ROLES: tuple[str, ...] = ("general", "target", "safety", "monitor")
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 @dataclass

@@ -54,7 +54,7 @@ class Suite:
 def load_suite(path: str | Path, host: PluginHost) -> Suite:
     """Parse and validate a suite file; raise :class:`UserError` listing every problem."""
     path = Path(path).resolve()
-    _, parsed = parse_suite_file(path)
+    parsed = parse_suite_file(path)
     return _Resolver(path, host).resolve(parsed)
 
 

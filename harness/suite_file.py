@@ -136,14 +136,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: TOML syntax error: {exc}") from None
 
 
-def parse_suite_file(path: Path) -> tuple[dict[str, Any], SuiteFile]:
-    """Read and check a suite file's tables and fields; returns the raw TOML and the model."""
+def parse_suite_file(path: Path) -> SuiteFile:
+    """Read and check a suite file's tables and fields."""
     raw = read_toml(path)
     try:
-        return raw, SuiteFile.model_validate(raw)
+        return SuiteFile.model_validate(raw)
     except ValidationError as exc:
         lines = []
-        for error, (dotted, message) in zip(exc.errors(), validation_problems(exc)):
+        # the location splits into a table label and a field here; the message is the shared one
+        for error, (_, message) in zip(exc.errors(), validation_problems(exc)):
             label, field = where(raw, tuple(error["loc"]))
             if error["loc"] in (("models",), ("evaluators",)) and error["type"] in (
                     "missing", "too_short"):  # an empty matrix

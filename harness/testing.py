@@ -8,6 +8,8 @@ available to tests without an import:
 ``tiny_model`` (session)
     the built-in ``tiny-random`` model (a 2-layer Llama with a locally trained
     tokenizer) as a :class:`~harness.ResolvedModel`; built in about a second.
+``harness_builtin_host`` (session)
+    a :class:`~harness.plugins.PluginHost` with the built-in plugins only.
 ``tiny_backend`` (module)
     the ``hf`` backend holding ``tiny_model`` with its base active: call an evaluator's
     ``evaluate(tiny_backend)`` directly.
@@ -69,27 +71,29 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path(harness_cache: Path) -> Path:
+def harness_builtin_host() -> Any:
+    """A plugin host with the built-ins only, shared by the fixtures below."""
     from harness.plugins import PluginHost
 
-    # the built-in model source, asked for by name
-    source = PluginHost.load(entry_points=False).component("model_source", "builtin").cls()
-    return Path(source.resolve("tiny-random", base_dir=harness_cache, trust_remote_code=False))
+    return PluginHost.load(entry_points=False)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_model_path: Path) -> ResolvedModel:
-    from harness.models import fingerprint
+def tiny_model(harness_cache: Path, harness_builtin_host: Any) -> ResolvedModel:
+    from harness.models import resolve_reference
 
-    return ResolvedModel("tiny", "builtin:tiny-random", tiny_model_path,
-                         fingerprint(tiny_model_path))
+    # the built-in model source, asked for by name, as a suite's `source` would
+    return resolve_reference("tiny", "builtin:tiny-random", harness_builtin_host, harness_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tiny_model: ResolvedModel) -> Path:
+    return tiny_model.path
 
 
 @pytest.fixture(scope="module")
-def tiny_backend(tiny_model: ResolvedModel) -> Iterable[Any]:
-    from harness.plugins import PluginHost
-
-    backend = PluginHost.load(entry_points=False).build("backend", "hf", {"batch_size": 4})
+def tiny_backend(tiny_model: ResolvedModel, harness_builtin_host: Any) -> Iterable[Any]:
+    backend = harness_builtin_host.build("backend", "hf", {"batch_size": 4})
     backend.load(tiny_model)
     backend.activate(Variant("base", "base", tiny_model, "base"))
     yield backend
