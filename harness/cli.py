@@ -62,10 +62,12 @@ def validate(suite: Path) -> None:
     from harness.suite import load_suite
 
     loaded = load_suite(suite, PluginHost.load())
-    cells = len(loaded.models) * (1 + len(loaded.tuners)) * len(loaded.evaluators)
+    variants = loaded.variants_per_model
+    cells = len(loaded.models) * variants * len(loaded.evaluators)
     click.echo(
-        f"{suite}: ok - {len(loaded.models)} model(s) x (base + {len(loaded.tuners)} tuner(s)) "
-        f"x {len(loaded.evaluators)} evaluator(s) = {cells} cells; store {loaded.store_path}"
+        f"{suite}: ok - {len(loaded.models)} model(s) x (base + {variants - 1} variant(s) from "
+        f"{len(loaded.tuners)} tuner(s)) x {len(loaded.evaluators)} evaluator(s) = {cells} "
+        f"cells; store {loaded.store_path}"
     )
 
 
@@ -202,3 +204,80 @@ def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> Non
         from harness.display import render_table
 
         Console().print(render_table(str(store), columns, rows))
+
+
+#: ``harness gate``'s exit status per decision (a user error is 2)
+GATE_EXIT = {"GO": 0, "NO-GO": 1, "INCONCLUSIVE": 3}
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--variant", "variants", multiple=True,
+              help="Judge this variant only (repeatable); default: every tuned variant.")
+@click.option("--name", help="The suite to judge, when a store holds several.")
+def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
+    """May each variant ship? Prints the gate's decision per variant and evaluator for
+    SOURCE (a suite file: decided now with its [gate]; a store: as the last run decided).
+    Exit status: 0 when every variant judged is GO, 1 when any is NO-GO, 3 when any is
+    INCONCLUSIVE and none is NO-GO (2: bad input)."""
+    from rich.console import Console
+
+    from harness.analysis.findings import gate_decisions, gate_verdicts
+    from harness.plugins import PluginHost
+    from harness.store import Store, lock_timeout_from_env, read_store
+    from harness.suite import load_suite
+
+    settings = None
+    if source.suffix == ".duckdb":
+        store = source
+    else:
+        suite = load_suite(source, PluginHost.load())
+        store, name, settings = suite.store_path, suite.name, suite.gate
+    if not store.exists():
+        raise UserError(f"{store}: no such store (run the suite first)")
+    Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
+    with read_store(store) as con:
+        suites = [r[0] for r in con.execute(
+            "SELECT DISTINCT suite FROM cells ORDER BY suite").fetchall()]
+        if name is None and len(suites) != 1:
+            raise UserError(f"{store}: holds suites {', '.join(suites) or '(none)'}; "
+                            "choose one with --name")
+        name = name or suites[0]
+        if name not in suites:
+            raise UserError(f"{store}: no suite named {name!r} (suites: {', '.join(suites)})")
+        rows = gate_decisions(con, name, settings) if settings is not None else None
+        verdicts, rows = gate_verdicts(con, name, rows)
+    known = sorted({variant for _, variant in verdicts})
+    for wanted in variants:
+        if wanted not in known:
+            raise UserError(f"--variant {wanted!r}: no such variant in suite {name!r} "
+                            f"(variants: {', '.join(known) or 'none'})")
+    if variants:
+        verdicts = {k: v for k, v in verdicts.items() if k[1] in variants}
+        rows = [r for r in rows if r.variant in variants]
+    console = Console()
+    if rows:
+        console.print(gate_table(rows))
+    for (model, variant), (decision, reason) in verdicts.items():
+        console.print(f"{model}/{variant}: [bold {GATE_COLOUR[decision]}]{decision}[/] - {reason}",
+                      soft_wrap=True)
+    worst = max((GATE_EXIT[decision] for decision, _ in verdicts.values()), default=0)
+    sys.exit(1 if any(d == "NO-GO" for d, _ in verdicts.values()) else worst)
+
+
+GATE_COLOUR = {"GO": "green", "NO-GO": "red", "INCONCLUSIVE": "yellow"}
+
+
+def gate_table(rows: list) -> object:
+    """The gate per variant and evaluator: loss (positive = worse than the base, in the
+    units of the evaluator's item score) with its interval, max_loss, decision."""
+    from rich.table import Table
+
+    table = Table(title="Gate: loss against the base \\[interval], Holm-adjusted p")
+    for column in ("variant", "evaluator", "loss", "max", "p", "decision"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r.variant, f"{r.evaluator} ({r.unit})",
+                      f"{r.loss:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]", f"{r.max_loss:g}",
+                      f"{r.p_holm:.2g}", f"[{GATE_COLOUR[r.decision]}]{r.decision}")
+    return table

@@ -4,6 +4,7 @@ Shared by backends, tuners and rewards; torch and transformers load on first cal
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -43,3 +44,17 @@ def load_tokenizer(path: Any, *, trust_remote_code: bool) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def merge_adapter(base: Path, adapter: Path, out: Path, *, trust_remote_code: bool) -> None:
+    """Write ``base`` with the peft ``adapter`` merged into its weights (peft's
+    ``merge_and_unload``) and ``base``'s tokenizer to ``out``, as safetensors: the starting
+    weights of a variant trained on top of an adapter variant."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code).save_pretrained(out)

@@ -7,9 +7,12 @@ finished suite re-runs in seconds and a killed run resumes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from harness.keys import content_hash, data_hash
+from harness.lineage import Node, expand
 from harness.records import CellPlan, Plan, ResolvedComponent, ResolvedModel, VariantPlan
 from harness.suite import Suite
 from harness.version import __version__
@@ -21,9 +24,42 @@ def options_payload(component: ResolvedComponent) -> Any:
     return options.model_dump(mode="json") if options is not None else component.raw_options
 
 
+def _variant(node: Node, model: ResolvedModel, base: VariantPlan,
+             planned: dict[int, VariantPlan], tuner_data: dict[str, str], artifacts: Path,
+             rewards: dict[str, Any]) -> VariantPlan:
+    """A node of the lineage made concrete for one base model, with its keys.
+
+    The variant key covers the model, the entry, its options at this sweep point, its data,
+    its seed and, for a variant trained on another, the parent's key: changing a parent
+    re-runs it and its descendants. A variant of the base hashes the same payload as
+    before lineage existed, so stores made then keep their variants.
+    """
+    entry = node.recipe.entry
+    parent = planned[id(node.parent)] if node.parent is not None else base
+    tuner = replace(entry, options=node.point.options, raw_options=node.point.raw_options)
+    payload = {
+        "model": model.fingerprint, "model_name": model.name, "name": node.name,
+        "method": entry.kind, "options": options_payload(tuner), "data": tuner_data[entry.name],
+        "seed": node.seed, "harness": __version__,
+    }
+    recipe = {"model": model.fingerprint, "entry": entry.name, "method": entry.kind,
+              "options": options_payload(tuner), "data": tuner_data[entry.name]}
+    if node.parent is not None:
+        payload["parent"] = parent.key
+        recipe["parent"] = parent.recipe_key
+    key = content_hash(payload)
+    return VariantPlan(
+        node.name, key, model, tuner, data_hash=tuner_data[entry.name],
+        output_dir=artifacts / f"{model.name}-{node.name}-{key[:12]}", rewards=rewards,
+        parent=parent, seed=node.seed, sweep=dict(node.point.values),
+        recipe_key=content_hash(recipe),
+    )
+
+
 def make_plan(suite: Suite, models: list[ResolvedModel],
               evaluator_models: dict[str, dict[str, ResolvedModel]] | None = None) -> Plan:
-    """Expand models x (base + tuners) x evaluators into keyed cells."""
+    """Expand models x (base + every variant of the lineage) x evaluators into keyed
+    cells."""
     evaluator_models = evaluator_models or {}
     artifacts = suite.store_path.parent / f"{suite.store_path.stem}.variants"
     backend_payload = {"kind": suite.backend.kind, "options": options_payload(suite.backend)}
@@ -38,25 +74,20 @@ def make_plan(suite: Suite, models: list[ResolvedModel],
                                  for purpose, m in sorted(evaluator_models[e.name].items())}
         evaluator_keys[e.name] = content_hash(payload)
     tuner_data = {t.name: data_hash(t.data) for t in suite.tuners}
+    nodes = expand(suite.recipes)
     membership = suite.contamination.k if suite.contamination.membership else None
     variants: list[VariantPlan] = []
     cells: list[CellPlan] = []
     for model in models:
         base_key = content_hash({"model": model.fingerprint, "model_name": model.name})
-        model_variants = [VariantPlan("base", base_key, model, None)]
-        for tuner in suite.tuners:
-            key = content_hash({
-                "model": model.fingerprint, "model_name": model.name,
-                "name": tuner.name, "method": tuner.kind,
-                "options": options_payload(tuner), "data": tuner_data[tuner.name],
-                "seed": suite.seed, "harness": __version__,
-            })
-            model_variants.append(VariantPlan(
-                tuner.name, key, model, tuner,
-                data_hash=tuner_data[tuner.name],
-                output_dir=artifacts / f"{model.name}-{tuner.name}-{key[:12]}",
-                rewards=suite.rewards,
-            ))
+        base = VariantPlan("base", base_key, model, None)
+        model_variants = [base]
+        planned: dict[int, VariantPlan] = {}  # id(node) -> its variant, parents first
+        for node in nodes:
+            variant = _variant(node, model, base, planned, tuner_data, artifacts,
+                                        suite.rewards)
+            planned[id(node)] = variant
+            model_variants.append(variant)
         variants.extend(model_variants)
         for variant in model_variants:
             for evaluator in suite.evaluators:

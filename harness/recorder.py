@@ -62,6 +62,15 @@ class Recorder:
             model_key=variant.model.fingerprint, name=variant.name, method=variant.method,
             config=json.dumps(options_payload(variant.tuner), sort_keys=True),
             data_path=variant.tuner.data, data_hash=variant.data_hash, run_id=self.run_id,
+            parent_key=variant.parent.key if variant.parent else None,
+            root_key=variant.root.key, tuner=variant.tuner.name,
+            recipe_key=variant.recipe_key, seed=variant.seed,
+            recipe=json.dumps({
+                "tuner": variant.tuner.name, "method": variant.method,
+                "options": options_payload(variant.tuner), "data": variant.tuner.data,
+                "from": variant.parent.tuner.name if variant.parent and variant.parent.tuner
+                else None}, sort_keys=True),
+            sweep=json.dumps(variant.sweep, sort_keys=True) if variant.sweep else None,
         )
         if event.result is None:
             row.status, row.error = "failed", event.error

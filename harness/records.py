@@ -41,6 +41,10 @@ class Variant:
     kind: VariantKind
     path: Path | None = None
     method: str | None = None
+    #: the weights an adapter applies to when they are not the root base's: the merged
+    #: parent of a variant trained with ``from`` (``None``: the base's)
+    base_path: Path | None = None
+    parent: str | None = None  # the parent variant's name, when it is not the base
 
 
 # -- tuning ---------------------------------------------------------------------------------
@@ -80,6 +84,8 @@ class TuneJob:
     on_step: Callable[[int, int, float], None] = lambda step, total, loss: None
     #: every registered reward class by name, for tuners that optimise a reward
     rewards: dict[str, Any] = field(default_factory=dict)
+    #: the variant whose weights ``model.path`` holds, when it is not the root base
+    parent: str | None = None
 
 
 @dataclass
@@ -205,19 +211,27 @@ class ResolvedComponent:
 
 @dataclass(frozen=True)
 class VariantPlan:
-    """The base, or a tuner applied to it."""
+    """The base, or a tuner applied to its parent (the base, or another tuner's variant)."""
 
     name: str
     key: str
     model: ResolvedModel
-    tuner: ResolvedComponent | None
+    tuner: ResolvedComponent | None  # with this variant's options (its sweep point's)
     data_hash: str | None = None
     output_dir: Path | None = None
     rewards: dict[str, Any] = field(default_factory=dict)
+    parent: VariantPlan | None = None  # None for the base only
+    seed: int | None = None
+    sweep: dict[str, Any] = field(default_factory=dict)  # the swept options' values
+    recipe_key: str | None = None  # what seed replicates share: entry, options, parent's recipe
 
     @property
     def method(self) -> str | None:
         return self.tuner.kind if self.tuner else None
+
+    @property
+    def root(self) -> VariantPlan:
+        return self if self.parent is None else self.parent.root
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.analysis.findings import record_contamination, record_paired_tests
+from harness.analysis.findings import (
+    record_contamination,
+    record_gate,
+    record_paired_tests,
+    record_recipe_tests,
+)
 from harness.models import resolve_evaluator_models, resolve_model
 from harness.plan import make_plan
 from harness.plugins import PluginHost
@@ -104,10 +109,14 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
                 summary.done, summary.failed = recorder.done, recorder.failed
                 summary.seconds = time.perf_counter() - clock
                 store.finish_run(run_id, status, summary.done, summary.failed, summary.seconds)
-        record_paired_tests(store, seed=suite.seed)  # significance for the forgetting view
         host.run_finished(info, summary)
+    # paired tests for pairs that have none (new cells, or a store from an older harness)
+    record_paired_tests(store)
     # contamination findings for pairs not checked yet (new cells, or changed settings)
     record_contamination(store, suite.name, suite.contamination, plan.variants)
+    if plan.variants[1:]:  # seed-level comparisons and the gate, with this suite's settings
+        record_recipe_tests(store, suite.name)
+        record_gate(store, suite.name, suite.gate)
     summary.seconds = time.perf_counter() - clock
 
     for reporter in suite.reporters:
@@ -121,26 +130,49 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
     return summary
 
 
-def _variant_from_row(variant: VariantPlan, row: dict[str, Any]) -> Variant | None:
+def _variant_from_row(variant: VariantPlan, row: dict[str, Any],
+                      trained: dict[str, Variant]) -> Variant | None:
     path = Path(row["path"]) if row.get("path") else None
     if path is None or not path.exists():
         return None
-    return Variant(variant.name, variant.key, variant.model, row["kind"], path, variant.method)
+    parent, base_path = variant.parent, None
+    if parent is not None and parent.tuner is not None:  # trained on another variant
+        ready_parent = trained.get(parent.key)
+        if ready_parent is None:
+            return None
+        if row["kind"] == "adapter":  # it applies to the parent's weights (merged if needed)
+            base_path = (ready_parent.path if ready_parent.kind == "weights"
+                         else ready_parent.path.parent / "merged")
+    return Variant(variant.name, variant.key, variant.model, row["kind"], path, variant.method,
+                   base_path, parent.name if base_path is not None else None)
+
+
+def _with_ancestors(variants: list[VariantPlan], all_variants: list[VariantPlan]) -> list[VariantPlan]:
+    """``variants`` and the tuned variants they descend from, in plan order (parents first)."""
+    keys = set()
+    for variant in variants:
+        while variant is not None and variant.key not in keys:
+            keys.add(variant.key)
+            variant = variant.parent
+    return [v for v in all_variants if v.key in keys]
 
 
 def _units(suite: Suite, plan: Plan, pending: list[CellPlan], store: Store) -> list[Unit]:
-    """Group pending cells by base model; find variants already tuned by earlier runs."""
+    """Group pending cells by base model; find variants already tuned by earlier runs. A
+    variant to tune brings its ancestors, which its tuning starts from."""
     units = []
     for model in {id(c.model): c.model for c in pending}.values():
         cells = [c for c in pending if c.model is model]
-        needed = [v for v in plan.variants if v.model is model and any(c.variant is v for c in cells)]
+        of_model = [v for v in plan.variants if v.model is model]
+        needed = _with_ancestors([v for v in of_model if any(c.variant is v for c in cells)],
+                                 of_model)
         trained: dict[str, Variant] = {}
         for variant in needed:
             if variant.tuner is None:
                 trained[variant.key] = Variant("base", variant.key, model, "base")
                 continue
             row = store.trained_variant(variant.key)
-            ready = _variant_from_row(variant, row) if row else None
+            ready = _variant_from_row(variant, row, trained) if row else None
             if ready is not None:
                 trained[variant.key] = ready
         units.append(Unit(model, needed, trained, cells, suite.backend.cls,

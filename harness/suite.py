@@ -8,6 +8,7 @@ field. Data paths are relative to the suite file, and so is the store.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from pydantic import ValidationError
 
 from harness.errors import UserError, first_line, validation_problems
 from harness.keys import NAMED_REFERENCE
+from harness.lineage import Recipe, SweepPoint, expand, find_cycle
 from harness.plugins import PluginHost
 from harness.records import ResolvedComponent
 from harness.suite_file import (
     TABLE_LABEL,
     ComponentChoice,
     ContaminationSection,
+    GateSection,
     ModelEntry,
     SuiteFile,
     parse_suite_file,
@@ -45,6 +48,14 @@ class Suite:
     contamination: ContaminationSection = field(default_factory=ContaminationSection)
     #: every registered reward class by name, for tuners that optimise one
     rewards: dict[str, Any] = field(default_factory=dict)
+    #: each tuner entry as a recipe (parent, sweep points, seeds), by entry name
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    gate: GateSection = field(default_factory=GateSection)
+
+    @property
+    def variants_per_model(self) -> int:
+        """The base and every tuned variant the suite makes of one model."""
+        return 1 + len(expand(self.recipes))
 
     @property
     def base_dir(self) -> Path:
@@ -104,7 +115,9 @@ class _Resolver:
                 seen.setdefault(entry.name, index)
 
         tuners = self.entries(parsed, "tuners", "tuner", "method")
+        recipes = self.recipes(parsed, tuners)
         evaluators = self.entries(parsed, "evaluators", "evaluator", "kind")
+        self.check_gate(parsed.gate, evaluators)
         for index, entry in enumerate(parsed.models):
             if NAMED_REFERENCE.match(entry.source):
                 self.component("model_source", entry.source.split(":", 1)[0],
@@ -123,7 +136,91 @@ class _Resolver:
             models=parsed.models, tuners=tuners, evaluators=evaluators,
             backend=chosen["backend"], executor=chosen["executor"], reporters=reporters,
             contamination=parsed.contamination, rewards=self.host.classes("reward"),
+            recipes=recipes, gate=parsed.gate,
         )
+
+    def recipes(self, parsed: SuiteFile, tuners: list[ResolvedComponent]) -> dict[str, Recipe]:
+        """Each tuner entry's parent, sweep points and seeds, checked: ``from`` names an
+        entry and makes no cycle; every swept option exists and takes every value."""
+        parents = {entry.name: entry.from_ for entry in parsed.tuners}
+        labels = {entry.name: f"[[tuners]] #{index + 1} ({entry.name!r})"
+                  for index, entry in enumerate(parsed.tuners)}
+        for name, parent in parents.items():
+            if parent is not None and parent not in parents:
+                known = ", ".join(repr(n) for n in parents if n != name) or "none"
+                self.problem(labels[name], "from", f"no tuner entry is named {parent!r} "
+                                                   f"(tuner entries: {known})")
+        cycle = find_cycle({n: p if p in parents else None for n, p in parents.items()})
+        if cycle:
+            self.problem(labels[cycle[0]], "from",
+                         "'from' makes a cycle: " + " -> ".join(repr(n) for n in cycle))
+        recipes = {}
+        for entry, tuner in zip(parsed.tuners, tuners):
+            points = self.sweep_points(entry.sweep, tuner, labels[entry.name])
+            seeds = tuple(entry.seeds) if entry.seeds else (parsed.suite.seed,)
+            recipes[entry.name] = Recipe(tuner, entry.from_, seeds, tuple(points))
+        if not self.problems and recipes:
+            self.check_names(recipes, labels)
+        return recipes
+
+    def sweep_points(self, sweep: dict[str, list[Any]], tuner: ResolvedComponent,
+                     label: str) -> list[SweepPoint]:
+        """The cartesian product of the swept values, each point's options validated."""
+        if tuner.cls is None or tuner.options is None:
+            return []
+        if not sweep:
+            return [SweepPoint({}, tuner.options, tuner.raw_options)]
+        known = tuner.cls.Options.model_fields
+        fine = True
+        for option, choices in sweep.items():
+            if option not in known:
+                self.problem(label, f"sweep.{option}", f"the tuner {tuner.kind!r} has no option "
+                                                       f"{option!r} (options: {', '.join(known)})")
+                fine = False
+            elif option in tuner.raw_options:
+                self.problem(label, f"sweep.{option}", "set in 'options' and swept; keep one")
+                fine = False
+            else:
+                for value in choices:
+                    fine &= self.options(tuner.cls, {**tuner.raw_options, option: value}, label,
+                                         prefix="sweep", suffix=f" (swept value {value!r})"
+                                         ) is not None
+        if not fine:
+            return []
+        points = []
+        for combination in itertools.product(*sweep.values()):
+            values = dict(zip(sweep, combination))
+            raw = {**tuner.raw_options, **values}
+            described = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            options = self.options(tuner.cls, raw, label, prefix="sweep",
+                                   suffix=f" (sweep point {described})")
+            if options is not None:
+                points.append(SweepPoint(values, options, raw))
+        return points
+
+    def check_names(self, recipes: dict[str, Recipe], labels: dict[str, str]) -> None:
+        """Every variant name unique: swept values that read the same, or an entry named
+        like another's sweep point, would make two variants of one name."""
+        seen: dict[str, str] = {}
+        for node in expand(recipes):
+            entry, name = node.recipe.entry.name, node.name
+            if name == "base" or name in seen and seen[name] != entry:
+                self.problem(labels[entry], "name", f"makes a variant named {name!r}, as "
+                                                    f"entry {seen.get(name, 'base')!r} does")
+            seen.setdefault(name, entry)
+
+    def check_gate(self, gate: GateSection, evaluators: list[ResolvedComponent]) -> None:
+        """``[gate]`` names only general and safety evaluators of this suite."""
+        roles = {e.name: e.role for e in evaluators}
+        named = [("evaluators", name) for name in gate.evaluators or []]
+        if isinstance(gate.max_loss, dict):
+            named += [(f"max_loss.{name}", name) for name in gate.max_loss]
+        for field_name, name in named:
+            if name not in roles:
+                self.problem("[gate]", field_name, f"no evaluator is named {name!r}")
+            elif roles[name] not in ("general", "safety"):
+                self.problem("[gate]", field_name, f"{name!r} is a {roles[name]} evaluator; the "
+                                                   "gate judges general and safety ones")
 
     def component(self, kind: str, name: str, label: str, field: str) -> Any | None:
         """The registered class, with its optional packages checked; None after a problem."""

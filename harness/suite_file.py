@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -42,6 +42,20 @@ class TunerEntry(_Table):
     method: str = Field(min_length=1)
     data: str = Field(min_length=1)
     options: dict[str, Any] = {}
+    #: train on top of this tuner entry's variants instead of the base
+    from_: str | None = Field(default=None, alias="from", min_length=1)
+    #: replicates that differ only by seed; default: the suite's seed
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    #: option name -> values: one variant per combination (cartesian product)
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        repeated = sorted({seed for seed in value or [] if value.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice; a replicate needs its own seed")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -80,6 +94,18 @@ class ContaminationSection(_Table):
     z: float = Field(default=3.0, gt=0)
 
 
+class GateSection(_Table):
+    """``[gate]``: may a variant ship? (harness/analysis/gate.py, docs/experiments.md)"""
+
+    #: family-wise error rate, Holm-corrected across the run's variants x evaluators
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    #: forgetting tolerated, in each evaluator's item-score units, positive = worse; one
+    #: number for every evaluator, or a table of evaluator name -> number
+    max_loss: float | dict[str, float] = 0.01
+    #: gate on these evaluators only (general and safety ones); default: all of them
+    evaluators: list[str] | None = Field(default=None, min_length=1)
+
+
 class SuiteFile(_Table):
     suite: SuiteSection
     models: list[ModelEntry] = Field(min_length=1)
@@ -88,6 +114,7 @@ class SuiteFile(_Table):
     backend: ComponentChoice = ComponentChoice(kind="hf")
     executor: ComponentChoice = ComponentChoice(kind="local")
     contamination: ContaminationSection = ContaminationSection()
+    gate: GateSection = GateSection()
 
 
 TABLE_LABEL = {
@@ -98,6 +125,7 @@ TABLE_LABEL = {
     "backend": "[backend]",
     "executor": "[executor]",
     "contamination": "[contamination]",
+    "gate": "[gate]",
 }
 
 

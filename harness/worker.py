@@ -11,10 +11,12 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.contracts import Backend
+from harness.loading import merge_adapter
 from harness.records import (
     CellFinished,
     CellOutcome,
@@ -73,7 +75,27 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _tune(variant: VariantPlan, seed: int, emit: Emit) -> Variant:
+def start_weights(parent: Variant) -> Path:
+    """The folder of the weights a child of ``parent`` starts from: a weights variant's own,
+    or an adapter variant merged into a copy of the weights it applies to (written once,
+    beside the adapter; the base itself is never touched)."""
+    if parent.kind == "weights" and parent.path is not None:
+        return parent.path
+    if parent.kind != "adapter" or parent.path is None:
+        raise ValueError(f"variant {parent.name!r} ({parent.kind}) has no weights to start from")
+    merged = parent.path.parent / "merged"
+    if not (merged / "config.json").is_file():
+        staging = merged.with_name("merged.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        merge_adapter(parent.base_path or parent.model.path, parent.path, staging,
+                      trust_remote_code=parent.model.trust_remote_code)
+        shutil.rmtree(merged, ignore_errors=True)
+        staging.rename(merged)
+    return merged
+
+
+def _tune(variant: VariantPlan, emit: Emit, parent: Variant | None) -> Variant:
+    """Train ``variant`` on its parent: the base, or (``parent``) another variant's weights."""
     tuner = variant.tuner.cls(variant.tuner.options)
     final_dir = variant.output_dir
     # The staging folder is the variant's own (its key is in the name): a run that was
@@ -81,12 +103,17 @@ def _tune(variant: VariantPlan, seed: int, emit: Emit) -> Variant:
     staging = final_dir.with_name(final_dir.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     emit(TuningStarted(variant))
+    model, base_path = variant.model, None
+    if parent is not None:  # the parent's weights are the model to tune, and its reference
+        base_path = start_weights(parent)
+        model = replace(model, path=base_path, fingerprint=parent.key)
+    seed = variant.seed if variant.seed is not None else 0
     _seed_everything(seed)
     job = TuneJob(
-        model=variant.model, variant_name=variant.name, data=Path(variant.tuner.data),
+        model=model, variant_name=variant.name, data=Path(variant.tuner.data),
         output_dir=staging, seed=seed,
         on_step=lambda step, total, loss: emit(TuningStep(variant, step, total, loss)),
-        rewards=variant.rewards,
+        rewards=variant.rewards, parent=parent.name if parent is not None else None,
     )
     try:
         result = tuner.tune(job)
@@ -99,7 +126,8 @@ def _tune(variant: VariantPlan, seed: int, emit: Emit) -> Variant:
     result = TuneResult(result.kind, final_dir / result.path.relative_to(staging), result.record)
     emit(TuningFinished(variant, result))
     return Variant(variant.name, variant.key, variant.model, result.kind, result.path,
-                   variant.method)
+                   variant.method, base_path if result.kind == "adapter" else None,
+                   parent.name if parent is not None else None)
 
 
 def _evaluate(cell: CellPlan, backend: Backend) -> CellOutcome:
@@ -154,6 +182,17 @@ def fail_cells(cells: list[CellPlan], error: str, tb: str | None, emit: Emit) ->
                                             started_at=now, finished_at=now)))
 
 
+def _parent(variant: VariantPlan, unit: Unit) -> Variant | None:
+    """The ready parent of a variant trained with ``from``; None for a child of the base."""
+    parent = variant.parent
+    if parent is None or parent.tuner is None:
+        return None
+    ready = unit.trained.get(parent.key)
+    if ready is None:
+        raise RuntimeError(f"its parent {parent.name!r} was not tuned")
+    return ready
+
+
 def run_unit(unit: Unit, emit: Emit) -> None:
     """Tune what is missing, then evaluate every pending cell of one base model."""
     _quiet_libraries()
@@ -164,13 +203,16 @@ def run_unit(unit: Unit, emit: Emit) -> None:
             ready = unit.trained.get(variant.key)
             if ready is None:
                 try:
-                    ready = _tune(variant, cells[0].seed, emit)
+                    ready = _tune(variant, emit, _parent(variant, unit))
                 except Exception as exc:
                     error = f"tuning {variant.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     emit(TuningFinished(variant, None, error, tb))
                     fail_cells(cells, error, tb, emit)
                     continue
+                unit.trained[variant.key] = ready  # its children start from it
+            if not cells:  # an ancestor tuned only for its descendants' sake
+                continue
             if backend is None:
                 try:
                     backend = unit.backend_class(unit.backend_options)
@@ -183,6 +225,8 @@ def run_unit(unit: Unit, emit: Emit) -> None:
                     backend = None
                     return
             try:
+                if ready.base_path is not None and not ready.base_path.is_dir():
+                    start_weights(unit.trained[variant.parent.key])  # removed since: again
                 backend.activate(ready)
             except Exception as exc:
                 error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"

@@ -1,11 +1,11 @@
-"""Paired tests for the forgetting view: McNemar's exact test on right/wrong items, a paired
-bootstrap on continuous scores, checked by hand and on a suite's store."""
+"""Paired tests for the forgetting views: mid-p McNemar on right/wrong items, a paired
+t-test on continuous scores, checked by hand and on a suite's store (the gate's own
+statistics: tests/test_gate_stats.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
 
 from harness.analysis.stats import paired_test
 
@@ -17,24 +17,25 @@ def test_mcnemar_on_right_wrong_items_by_hand():
     base = [1] * 10 + [1] * 6 + [0] * 1 + [0] * 3
     variant = [1] * 10 + [0] * 6 + [1] * 1 + [0] * 3
     result = paired_test(base, variant)
-    assert result.test == "mcnemar" and result.n == 20
+    assert result.test == "mcnemar-midp" and result.n == 20
+    assert (result.lost, result.gained) == (6, 1)
     assert result.delta == pytest.approx(-5 / 20)
-    assert result.p_value == pytest.approx(binomtest(1, 7, 0.5).pvalue)  # 0.125
+    # mid-p: 2 * (P(X <= 1) - P(X = 1) / 2) for X ~ Binomial(7, 1/2) = 2 * (1 + 7 / 2) / 128
+    assert result.p_value == pytest.approx(2 * (1 + 7 / 2) / 128)
     assert result.ci_low <= result.delta <= result.ci_high < 0.05
 
 
 def test_identical_scores_have_nothing_to_test():
     result = paired_test([0, 1, 1], [0, 1, 1])
-    assert (result.test, result.delta, result.p_value) == ("mcnemar", 0.0, 1.0)
+    assert (result.test, result.delta, result.p_value) == ("mcnemar-midp", 0.0, 1.0)
 
 
-def test_bootstrap_on_continuous_scores():
+def test_paired_t_on_continuous_scores():
     rng = np.random.default_rng(1)
     base = rng.normal(2.0, 0.3, size=40)
     shifted = paired_test(base, base + 0.5 + rng.normal(0, 0.1, size=40))
-    assert shifted.test == "bootstrap"
-    assert shifted.ci_low < 0.5 < shifted.ci_high
-    assert shifted.p_value == pytest.approx(2 / 2001)  # no bootstrap mean at or below 0
+    assert shifted.test == "paired-t" and shifted.lost is None
+    assert shifted.ci_low < 0.5 < shifted.ci_high and shifted.p_value < 1e-6
     noise = paired_test(base, base + rng.normal(0, 0.3, size=40))
     assert noise.p_value > 0.05 and noise.ci_low < 0 < noise.ci_high
 
@@ -44,7 +45,7 @@ def test_forgetting_carries_the_paired_tests_after_a_run(run_harness, tmp_path):
     run = run_harness(suite.read_text(), entry_points=False)
     rows = run.query("SELECT evaluator, paired_test, n, item_delta, ci_low, ci_high, p_value "
                      "FROM forgetting ORDER BY evaluator")
-    assert [(r[0], r[1], r[2]) for r in rows] == [("mc", "mcnemar", 6), ("text", "bootstrap", 3)]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("mc", "mcnemar-midp", 6), ("text", "paired-t", 3)]
     for _, _, _, delta, low, high, p in rows:
         assert low <= delta <= high and 0 < p <= 1
     # the per-item scores the test used are the stored samples

@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import StoreLockedError, UserError
 from harness import Alert, Metric, Sample
-from harness.store import CellRow, Store, query
+from harness.store import SCHEMA_VERSION, CellRow, Store, query
 
 
 def _cell(store: Store, key: str, variant: str, evaluator: str, value: float, *,
@@ -137,7 +137,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     _, rows = query(store.path, "SELECT cell_key, info, backend_path FROM cells")
     assert rows == [("c1", None, None)]
     _, version = query(store.path, "SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == [("5",)]
+    assert version == [(str(SCHEMA_VERSION),)]
     _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
                                    "WHERE table_name = 'samples' ORDER BY ordinal_position")
     assert [c for (c,) in columns][-2:] == ["min_k", "min_k_plus"]
@@ -243,3 +243,27 @@ def test_each_row_dataclass_has_its_tables_columns_in_order(store):
         _, rows = query(store.path, "SELECT column_name FROM information_schema.columns "
                                     "WHERE table_name = ? ORDER BY ordinal_position", [table])
         assert columns(row_type) == [c for (c,) in rows], table
+
+
+def test_a_version_5_store_gets_the_lineage_and_new_paired_tests(store):
+    """Version 6 added the lineage columns of variants and the sufficient statistics of
+    paired tests; tests made by version 5's methods (exact McNemar, bootstrap) are dropped,
+    to be made again with mid-p McNemar and the paired t-test."""
+    import duckdb
+
+    con = duckdb.connect(str(store.path))
+    for column in ("parent_key", "root_key", "tuner", "recipe_key", "recipe", "seed", "sweep"):
+        con.execute(f"ALTER TABLE variants DROP COLUMN {column}")
+    for column in ("sd", "lost", "gained"):
+        con.execute(f"ALTER TABLE paired_tests DROP COLUMN {column}")
+    con.execute("INSERT INTO paired_tests VALUES ('v', 'b', 'mcnemar', 6, 0, 0, 0, 1), "
+                "('v', 'b2', 'mcnemar-midp', 6, 0, 0, 0, 1)")
+    con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    con.close()
+    store.initialise()
+    _, rows = query(store.path, "SELECT base_cell_key, test, sd FROM paired_tests")
+    assert rows == [("b2", "mcnemar-midp", None)]
+    _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
+                                   "WHERE table_name = 'variants' ORDER BY ordinal_position")
+    assert [c for (c,) in columns][-7:] == ["parent_key", "root_key", "tuner", "recipe_key",
+                                             "recipe", "seed", "sweep"]

@@ -121,4 +121,4 @@ def test_missing_suite_file(tmp_path):
 def test_validate_counts_cells(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(small_suite(tmp_path))])
     assert result.exit_code == 0
-    assert "1 model(s) x (base + 1 tuner(s)) x 2 evaluator(s) = 4 cells" in result.output
+    assert "1 model(s) x (base + 1 variant(s) from 1 tuner(s)) x 2 evaluator(s) = 4 cells" in result.output

@@ -1,10 +1,12 @@
 """The analyses after a run, over the store: each variant cell's paired test against its
-base cell, and contamination findings. Each reads what is new and writes typed rows; a
+base cell (and its parent's), the seed-level comparison of recipes, the gate, and
+contamination findings. Each reads what is new and writes typed rows; a
 re-run with nothing new writes nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,24 +14,29 @@ from typing import Any
 
 from harness.analysis.contamination import NgramIndex, data_side, outliers, read_tuning_texts
 from harness.analysis.items import Item, item_text
+from harness.analysis.gate import GateInput, decide, welch
 from harness.analysis.stats import paired_test
 from harness.keys import content_hash
 from harness.records import VariantPlan
-from harness.store import ContaminationRow, PairedTestRow, Store
-from harness.suite_file import ContaminationSection
+from harness.store import ContaminationRow, GateRow, PairedTestRow, RecipeTestRow, Store
+from harness.suite_file import ContaminationSection, GateSection
 
 
-def record_paired_tests(store: Store, seed: int = 0) -> int:
-    """Test every finished variant cell against its base cell (same model and evaluator
-    configuration) that has no test yet; returns how many were added."""
+def record_paired_tests(store: Store) -> int:
+    """Test every finished variant cell against its base cell and, for a variant trained
+    on another, against its parent's cell (same model and evaluator configuration), where
+    no test exists yet; returns how many were added."""
     if not store.path.exists():
         return 0
     with store.read() as con:
         pairs = con.execute("""
-            SELECT DISTINCT variant_cell_key, base_cell_key FROM base_pairs b
+            SELECT DISTINCT variant_cell_key, other FROM (
+                SELECT variant_cell_key, base_cell_key AS other FROM base_pairs
+                UNION ALL
+                SELECT variant_cell_key, parent_cell_key FROM parent_pairs) b
             WHERE NOT EXISTS (
                 SELECT 1 FROM paired_tests p WHERE p.variant_cell_key = b.variant_cell_key
-                  AND p.base_cell_key = b.base_cell_key)
+                  AND p.base_cell_key = b.other)
         """).fetchall()
         rows = []
         for variant_cell, base_cell in pairs:
@@ -41,12 +48,111 @@ def record_paired_tests(store: Store, seed: int = 0) -> int:
                 ORDER BY b.item_index""", [variant_cell, base_cell]).fetchall()
             if not scores:
                 continue
-            result = paired_test([s[0] for s in scores], [s[1] for s in scores], seed=seed)
-            rows.append(PairedTestRow(variant_cell, base_cell, result.test, result.n,
-                                      result.delta, result.ci_low, result.ci_high,
-                                      result.p_value))
+            r = paired_test([s[0] for s in scores], [s[1] for s in scores])
+            rows.append(PairedTestRow(variant_cell, base_cell, r.test, r.n, r.delta, r.ci_low,
+                                      r.ci_high, r.p_value, r.sd, r.lost, r.gained))
     store.write_paired_tests(rows)
     return len(rows)
+
+
+def record_recipe_tests(store: Store, suite: str) -> list[RecipeTestRow]:
+    """Welch's t-test between every two recipes with two seeds or more on the same base
+    and evaluator; the suite's rows are remade whole (scores may have been re-run)."""
+    if not store.path.exists():
+        return []
+    with store.read() as con:
+        groups = con.execute("""
+            SELECT s.model, s.evaluator, s.metric, v.recipe_key, list(s.value ORDER BY s.variant)
+            FROM latest_scores s JOIN variants v ON v.variant_key = s.variant_key
+            WHERE s.suite = ? AND v.recipe_key IS NOT NULL
+            GROUP BY ALL ORDER BY ALL""", [suite]).fetchall()
+    by_evaluator: dict[tuple[str, str, str], list[tuple[str, list[float]]]] = {}
+    for model, evaluator, metric, recipe, scores in groups:
+        if len(scores) >= 2:
+            by_evaluator.setdefault((model, evaluator, metric), []).append((recipe, scores))
+    rows = []
+    for (model, evaluator, metric), recipes in by_evaluator.items():
+        for (a, scores_a), (b, scores_b) in itertools.combinations(recipes, 2):
+            w = welch(scores_a, scores_b)
+            if w is not None:
+                rows.append(RecipeTestRow(suite, model, evaluator, metric, a, b, w.n_a, w.n_b,
+                                          w.mean_a, w.mean_b, w.sd_a, w.sd_b, w.diff, w.t,
+                                          w.df, w.p_value))
+    store.replace_suite_rows(RecipeTestRow, suite, rows)
+    return rows
+
+
+def gate_decisions(con: Any, suite: str, gate: GateSection) -> list[GateRow]:
+    """The gate over a store (read through ``con``): every tuned variant of ``suite`` on
+    every general and safety evaluator (or those ``gate.evaluators`` names), judged on its
+    paired test against the root base; Holm's family is all of them."""
+    found = con.execute("""
+        SELECT p.model, p.variant, p.variant_key, p.evaluator, p.metric, p.unit,
+               p.higher_is_better, t.test, t.n, t.delta, coalesce(t.sd, 0), t.lost, t.gained
+        FROM base_pairs p
+        JOIN paired_tests t
+          ON t.variant_cell_key = p.variant_cell_key AND t.base_cell_key = p.base_cell_key
+        WHERE p.suite = ? AND p.role IN ('general', 'safety')
+        ORDER BY p.model, p.variant, p.evaluator""", [suite]).fetchall()
+    wanted = set(gate.evaluators) if gate.evaluators else None
+    inputs, named = [], []
+    for model, variant, key, evaluator, metric, unit, higher, test, n, delta, sd, lost, gained \
+            in found:
+        if wanted is not None and evaluator not in wanted:
+            continue
+        limit = (gate.max_loss.get(evaluator, GateSection().max_loss)
+                 if isinstance(gate.max_loss, dict) else gate.max_loss)
+        inputs.append(GateInput(key, evaluator, metric, bool(higher), test, n, delta, sd, lost,
+                                gained, float(limit)))
+        named.append((model, variant, unit))
+    return [GateRow(suite, model, variant, d.variant, d.evaluator, d.metric, unit, d.test, d.n,
+                    d.loss, d.ci_low, d.ci_high, d.p_value, d.p_holm, d.max_loss, gate.alpha,
+                    d.mde, d.decision, d.reason)
+            for (model, variant, unit), d in zip(named, decide(inputs, gate.alpha))]
+
+
+def gate_verdicts(con: Any, suite: str, rows: list[GateRow] | None = None,
+                  ) -> tuple[dict[tuple[str, str], tuple[str, str]], list[GateRow]]:
+    """Each tuned variant's decision, ``(model, variant) -> (decision, reason)``, from
+    ``rows`` (else the store's ``gate_decisions``): NO-GO if any evaluator is, GO if all
+    are, else INCONCLUSIVE; a variant that the gate has no paired scores for (its tuning
+    or cells failed, or no general or safety evaluator scored it) is INCONCLUSIVE."""
+    if rows is None:
+        from harness.store.rows import columns
+
+        names = columns(GateRow)
+        rows = [GateRow(*r) for r in con.execute(
+            f"SELECT {', '.join(names)} FROM gate_decisions WHERE suite = ? "
+            "ORDER BY model, variant, evaluator", [suite]).fetchall()]
+    variants = con.execute("""
+        SELECT DISTINCT model_name, variant_name FROM cells
+        WHERE suite = ? AND variant_name <> 'base' ORDER BY ALL""", [suite]).fetchall()
+    verdicts = {}
+    for model, variant in variants:
+        own = [r for r in rows if r.model == model and r.variant == variant]
+        decisions = {r.decision for r in own}
+        if not own:
+            verdicts[(model, variant)] = ("INCONCLUSIVE", "no paired scores on a general or "
+                                                          "safety evaluator")
+        elif "NO-GO" in decisions:
+            lost = ", ".join(r.evaluator for r in own if r.decision == "NO-GO")
+            verdicts[(model, variant)] = ("NO-GO", f"significant loss above max_loss on {lost}")
+        elif decisions == {"GO"}:
+            verdicts[(model, variant)] = ("GO", "no loss above max_loss on any evaluator")
+        else:
+            open_ = ", ".join(r.evaluator for r in own if r.decision == "INCONCLUSIVE")
+            verdicts[(model, variant)] = ("INCONCLUSIVE", f"too few items to tell on {open_}")
+    return verdicts, rows
+
+
+def record_gate(store: Store, suite: str, gate: GateSection) -> list[GateRow]:
+    """The gate's decisions with the suite's ``[gate]`` settings, kept in ``gate_decisions``."""
+    if not store.path.exists():
+        return []
+    with store.read() as con:
+        rows = gate_decisions(con, suite, gate)
+    store.replace_suite_rows(GateRow, suite, rows)
+    return rows
 
 
 def record_contamination(store: Store, suite: str, settings: ContaminationSection,

@@ -2,62 +2,122 @@
 
 Both cells scored the same items, so the comparison is paired, item by item, on the
 per-item scores the evaluators store (``samples.score``: right/wrong for benchmarks,
-NLL per token for perplexity, unsafe 0/1 for safety, ...):
+NLL per token for perplexity, unsafe 0/1 for safety, ...). ``delta`` is always the mean
+per-item difference, variant minus base, in the units of that score.
 
-* every score 0 or 1: McNemar's exact test (a two-sided binomial test on the
-  discordant pairs, scipy's ``binomtest``);
-* otherwise: a paired bootstrap of the mean difference; the p-value is twice the
-  smaller share of bootstrap means on either side of 0, counted as (k + 1) / (B + 1)
-  so that it never reads 0.
+* Every score 0 or 1 on both sides (``"mcnemar-midp"``): only the discordant items carry
+  information, ``lost`` (base 1, variant 0) and ``gained`` (base 0, variant 1). The
+  p-value is McNemar's test with the mid-p correction (Fagerland, Lydersen & Laake 2013,
+  BMC Medical Research Methodology 13:91), which keeps close to the nominal level while
+  being less conservative than the exact binomial test. The 95% interval of ``delta``
+  is Agresti & Min's adjusted Wald interval for matched proportions (2005, Statistics
+  in Medicine 24:729-740): half an item added to each cell of the 2x2 table.
+* Otherwise (``"paired-t"``): Student's paired t-test on the differences (Student 1908,
+  Biometrika 6:1-25; scipy's ``ttest_rel``), its two-sided p-value and 95% interval of
+  the mean difference. For a few hundred items or more the mean difference is close to
+  normal whatever the shape of the per-item scores, which is what the t-test needs.
+  When every item moved by the same amount there is no spread to test against: the
+  interval is the point ``delta`` and p is 1 when that is 0 (or there is a single
+  item), else 0.
 
-Either way the 95% confidence interval of the mean difference (variant minus base)
-comes from scipy's ``bootstrap`` (percentile method) over the paired differences.
+``sd`` is the sample standard deviation of the per-item differences; with ``n``,
+``delta`` and (for 0/1 scores) ``lost``/``gained`` it is all that
+:mod:`harness.analysis.gate` needs to redo the test at another level.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class PairedTest:
-    test: str  # "mcnemar" or "bootstrap"
-    n: int
-    delta: float  # mean(variant) - mean(base)
-    ci_low: float
+    test: str  # "mcnemar-midp" or "paired-t"
+    n: int  # items scored by both cells
+    delta: float  # mean(variant - base) over the items
+    ci_low: float  # 95% interval of delta
     ci_high: float
-    p_value: float
+    p_value: float  # two-sided, H0: no difference
+    sd: float  # sample standard deviation (ddof=1) of the differences; 0.0 when n < 2
+    lost: int | None  # 0/1 scores only: items base 1, variant 0
+    gained: int | None  # 0/1 scores only: items base 0, variant 1
 
 
-def paired_test(base: Sequence[float], variant: Sequence[float], *, seed: int = 0,
-                resamples: int = 2000) -> PairedTest:
+def paired_test(base: Sequence[float], variant: Sequence[float]) -> PairedTest:
+    """Test ``variant`` against ``base``, the two cells' scores on the same items in the
+    same order (see the module docstring for which test and why)."""
     import numpy as np
-    from scipy.stats import binomtest, bootstrap
 
     b = np.asarray(base, dtype=float)
     v = np.asarray(variant, dtype=float)
-    if b.shape != v.shape or b.size == 0:
+    if b.shape != v.shape or b.ndim != 1 or b.size == 0:
         raise ValueError("paired scores need the same, non-zero number of items")
+    n = int(b.size)
     diff = v - b
-    delta = float(diff.mean())
-    if np.all(diff == 0):
-        return PairedTest("mcnemar" if _binary(b, v) else "bootstrap", int(b.size), 0.0, 0.0,
-                          0.0, 1.0)
-    rng = np.random.default_rng(seed)
-    interval = bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=resamples,
-                         method="percentile", rng=rng)
-    low, high = float(interval.confidence_interval.low), float(interval.confidence_interval.high)
+    # all differences equal (all 0 included): sd is exactly 0 and the mean that one value,
+    # not rounding noise (the mean of three 0.1s computes as 0.10000000000000002)
+    constant = bool(np.ptp(diff) == 0)
+    delta = float(diff[0]) if constant else float(diff.mean())
+    sd = 0.0 if n < 2 or constant else float(diff.std(ddof=1))
     if _binary(b, v):
         lost = int(np.sum((b == 1) & (v == 0)))
         gained = int(np.sum((b == 0) & (v == 1)))
-        p_value = float(binomtest(gained, lost + gained, 0.5).pvalue)
-        return PairedTest("mcnemar", int(b.size), delta, low, high, p_value)
-    means = interval.bootstrap_distribution
-    # (count + 1) / (resamples + 1): a bootstrap cannot show a p-value below its resolution
-    below, above = (float(np.sum(means <= 0)) + 1, float(np.sum(means >= 0)) + 1)
-    p_value = min(1.0, 2 * min(below, above) / (len(means) + 1))
-    return PairedTest("bootstrap", int(b.size), delta, low, high, p_value)
+        low, high, _ = agresti_min(n, lost, gained, 0.95)
+        return PairedTest("mcnemar-midp", n, delta, low, high, mcnemar_midp(lost, gained), sd,
+                          lost, gained)
+    if n < 2 or constant:
+        # no spread to test against: nothing changed (p = 1), or every item moved by the
+        # same amount, which no amount of noise explains (p = 0); a point interval either way
+        p_value = 1.0 if n < 2 or delta == 0 else 0.0
+        return PairedTest("paired-t", n, delta, delta, delta, p_value, sd, None, None)
+    from scipy.stats import ttest_rel
+
+    result = ttest_rel(v, b)
+    interval = result.confidence_interval(0.95)
+    return PairedTest("paired-t", n, delta, float(interval.low), float(interval.high),
+                      float(result.pvalue), sd, None, None)
+
+
+def mcnemar_midp(lost: int, gained: int) -> float:
+    """Two-sided mid-p McNemar test on the discordant counts (Fagerland et al. 2013).
+
+    Under "no difference" each of the ``lost + gained`` discordant items is as likely to
+    go either way, so the smaller count ``k`` is X ~ Binomial(lost + gained, 1/2). The
+    exact test doubles P(X <= k); the mid-p version counts the observed outcome itself
+    only half: ``p = 2 * (P(X <= k) - P(X = k) / 2)``, capped at 1. No discordant items
+    (nothing to test) or as many lost as gained: p = 1.
+    """
+    from scipy.stats import binom
+
+    discordant = lost + gained
+    if lost == gained:  # no discordant items, or as many each way: p = 1 exactly
+        return 1.0
+    k = min(lost, gained)
+    p = 2 * (binom.cdf(k, discordant, 0.5) - 0.5 * binom.pmf(k, discordant, 0.5))
+    return float(min(1.0, p))
+
+
+def agresti_min(n: int, lost: int, gained: int, confidence: float) -> tuple[float, float, float]:
+    """Agresti & Min's (2005) adjusted Wald interval of the paired difference of two
+    proportions, (gained - lost) / n; returns ``(low, high, se)``.
+
+    Half an item is added to each of the four cells of the 2x2 table (so n' = n + 2,
+    b' = lost + 0.5, c' = gained + 0.5), then the plain Wald interval is taken on that
+    table: d' = (c' - b') / n', se = sqrt((b' + c') - (c' - b')^2 / n') / n', and
+    d' +- z * se with z the normal quantile for ``confidence``, clipped to [-1, 1]. The
+    added half items keep the interval from collapsing to a point when no item changed.
+    scipy has no interval for matched proportions, so it is written out here.
+    """
+    from scipy.stats import norm
+
+    n_adj = n + 2
+    b_adj, c_adj = lost + 0.5, gained + 0.5
+    d_adj = (c_adj - b_adj) / n_adj
+    se = math.sqrt((b_adj + c_adj) - (c_adj - b_adj) ** 2 / n_adj) / n_adj
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return max(-1.0, d_adj - z * se), min(1.0, d_adj + z * se), se
 
 
 def _binary(*arrays) -> bool:

@@ -65,6 +65,13 @@ class VariantRow:
     total_params: int | None = None
     run_id: str | None = None
     created_at: datetime | None = None
+    parent_key: str | None = None
+    root_key: str | None = None
+    tuner: str | None = None  # the suite's tuner entry
+    recipe_key: str | None = None
+    recipe: str | None = None  # JSON: entry, method, options, data, parent entry
+    seed: int | None = None
+    sweep: str | None = None  # JSON: the swept options' values
 
 
 @dataclass
@@ -103,6 +110,56 @@ class PairedTestRow:
     ci_low: float
     ci_high: float
     p_value: float
+    sd: float | None = None
+    lost: int | None = None
+    gained: int | None = None
+
+
+@dataclass
+class RecipeTestRow:
+    """Two recipes' seed-level scores on one evaluator, Welch's t-test between them."""
+
+    suite: str
+    model: str
+    evaluator: str
+    metric: str
+    recipe_a: str
+    recipe_b: str
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    sd_a: float
+    sd_b: float
+    diff: float
+    t: float
+    df: float
+    p_value: float
+
+
+@dataclass
+class GateRow:
+    """The gate's decision on one variant and one general or safety evaluator."""
+
+    suite: str
+    model: str
+    variant: str
+    variant_key: str
+    evaluator: str
+    metric: str
+    unit: str
+    test: str
+    n: int
+    loss: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float
+    max_loss: float
+    alpha: float
+    mde: float
+    decision: str
+    reason: str
 
 
 @dataclass
@@ -129,6 +186,7 @@ class ContaminationRow:
 TABLE_OF: dict[type, str] = {
     RunRow: "runs", ModelRow: "models", VariantRow: "variants", CellRow: "cells",
     PairedTestRow: "paired_tests", ContaminationRow: "contamination",
+    RecipeTestRow: "recipe_tests", GateRow: "gate_decisions",
 }
 
 

@@ -18,13 +18,15 @@ from harness.store.rows import (
     CellRow,
     ContaminationRow,
     ModelRow,
+    TABLE_OF,
     PairedTestRow,
     RunRow,
     VariantRow,
     insert_sql,
     values,
 )
-from harness.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, VIEW_NAMES, VIEWS
+from harness.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
+from harness.store.views import VIEW_NAMES, VIEWS
 
 
 class Store:
@@ -213,3 +215,11 @@ class Store:
                     [variant_key, evaluator_key, list(patterns)])
             if rows:
                 con.executemany(insert_sql(ContaminationRow), [values(r) for r in rows])
+
+    def replace_suite_rows(self, row_type: type, suite: str, rows: Sequence[Any]) -> None:
+        """Replace one suite's rows of a table that an analysis remakes whole each run
+        (``recipe_tests``, ``gate_decisions``), in one transaction."""
+        with self._write() as con:
+            con.execute(f"DELETE FROM {TABLE_OF[row_type]} WHERE suite = ?", [suite])
+            if rows:
+                con.executemany(insert_sql(row_type), [values(r) for r in rows])

@@ -41,6 +41,7 @@ class HFBackend(harness.Backend):
         self.model: Any = None  # the module that is called: base, base+adapter, or full weights
         self._base: Any = None
         self._peft: Any = None
+        self._stacked: tuple[Any, Any] | None = None  # (parent weights folder, peft model)
         self._adapters: set[str] = set()
         self._lm_eval: dict[int, Any] = {}
         self.tokenizer: Any = None
@@ -61,8 +62,9 @@ class HFBackend(harness.Backend):
     def activate(self, variant: Variant) -> None:
         if variant.kind == "weights":
             # A fully tuned model is a different set of weights: load it beside the base.
-            self.model = load_causal_lm(variant.path, device=self.device, dtype=self._dtype,
-                                        trust_remote_code=self._resolved.trust_remote_code)
+            self.model = self._load(variant.path)
+        elif variant.kind == "adapter" and variant.base_path is not None:
+            self.model = self._stacked_adapter(variant)
         elif variant.kind == "adapter":
             self._activate_adapter(variant)
             self.model = self._base
@@ -71,6 +73,27 @@ class HFBackend(harness.Backend):
                 self._peft.base_model.disable_adapter_layers()
             self.model = self._base
         self.active = variant
+
+    def _load(self, path: Any) -> Any:
+        return load_causal_lm(path, device=self.device, dtype=self._dtype,
+                              trust_remote_code=self._resolved.trust_remote_code)
+
+    def _stacked_adapter(self, variant: Variant) -> Any:
+        """An adapter trained on another variant (``from``): it applies to that parent's
+        merged weights, loaded beside the base; siblings on the same parent share them."""
+        from peft import PeftModel
+
+        name = variant.key[:16]
+        held_path, peft = self._stacked or (None, None)
+        if held_path != variant.base_path:
+            peft = PeftModel.from_pretrained(self._load(variant.base_path), str(variant.path),
+                                             adapter_name=name)
+            peft.eval()
+            self._stacked = (variant.base_path, peft)
+        elif name not in peft.peft_config:
+            peft.load_adapter(str(variant.path), adapter_name=name)
+        peft.set_adapter(name)
+        return peft
 
     def _activate_adapter(self, variant: Variant) -> None:
         from peft import PeftModel
@@ -86,7 +109,7 @@ class HFBackend(harness.Backend):
         self._peft.set_adapter(name)
 
     def close(self) -> None:
-        self.model = self._base = self._peft = None
+        self.model = self._base = self._peft = self._stacked = None
         self._lm_eval.clear()
 
     # -- scoring --------------------------------------------------------------------
@@ -217,14 +240,15 @@ class HFBackend(harness.Backend):
             yield
             return
         model = self.model
-        if active.kind == "adapter":
+        on_base = active.kind == "adapter" and active.base_path is None  # peft on the base
+        if on_base:
             self._peft.base_model.disable_adapter_layers()
         self.model = self._base
         try:
             yield
         finally:
             self.model = model
-            if active.kind == "adapter":
+            if on_base:
                 self._peft.base_model.enable_adapter_layers()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int,

@@ -9,8 +9,9 @@
   distributions (``token_moments``, ``continuation_logprobs``) always goes to
   transformers: vLLM returns only the top few log-probabilities of a position.
 - **Variants vLLM cannot serve as a LoRA request** (DoRA, ``modules_to_save``, a rank
-  above ``max_lora_rank``: vLLM's own ``PEFTHelper`` decides) and fully tuned weights
-  are evaluated on the transformers copy. Each cell records its path in
+  above ``max_lora_rank``: vLLM's own ``PEFTHelper`` decides), fully tuned weights, and
+  adapters trained on top of another variant (``from``: they apply to the parent's
+  merged weights, which the engine does not hold) are evaluated on the transformers copy. Each cell records its path in
   ``cells.backend_path`` (``vllm``, ``vllm-lora`` or ``hf``) and the reason in
   ``cells.info``.
 - **Adapter-applied check**: before a LoRA variant is evaluated on the engine, a few
@@ -166,6 +167,11 @@ class VLLMBackend(harness.Backend):
         if variant.kind == "weights":
             self._route_to_hf(variant, "fully tuned weights are a second model; one engine "
                                        "serves only its base and LoRA adapters")
+            return
+        if variant.base_path is not None:
+            self._route_to_hf(variant, f"trained on top of {variant.parent!r}: its adapter applies "
+                                       "to that variant's merged weights, not to the base the "
+                                       "engine serves")
             return
         reason = self._unsupported(variant)
         if reason:

@@ -199,10 +199,14 @@ class BenchmarkEvaluator(harness.Evaluator):
                                 f"not among {', '.join(m.name for m in metrics)}")
             primary = matches[0]
         primary.primary = True
-        return EvalResult(metrics, self._samples(output))
+        # each item's score is its value of the primary metric, so that the paired tests and
+        # the gate judge the metric the leaderboard shows, in its units
+        item_score = primary.name.split(",")[0].split("/")[-1]
+        return EvalResult(metrics, self._samples(output, item_score),
+                          info={"item_score": item_score})
 
     @staticmethod
-    def _samples(output: dict[str, Any]) -> list[Sample]:
+    def _samples(output: dict[str, Any], item_score: str) -> list[Sample]:
         samples: list[Sample] = []
         for task_name, items in output.get("samples", {}).items():
             metric_names = [k.split(",")[0] for k in output["results"].get(task_name, {})]
@@ -240,7 +244,8 @@ class BenchmarkEvaluator(harness.Evaluator):
                     prompt=prompt,
                     target=None if target is None else str(target),
                     output=output_text,
-                    score=float(next(iter(scores.values()))) if scores else None,
+                    score=float(scores.get(item_score, next(iter(scores.values()))))
+                    if scores else None,
                     logprobs=logprobs,
                     extra=extra,
                 ))

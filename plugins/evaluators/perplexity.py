@@ -80,6 +80,8 @@ class PerplexityEvaluator(harness.Evaluator):
                 Metric("bits_per_byte", total_nll / (math.log(2) * total_bytes), n, **lower),
             ],
             samples=samples,
+            # a text's score is its mean NLL per token: the paired tests' and gate's unit
+            info={"item_score": "nll_per_token"},
         )
 
 
