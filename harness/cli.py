@@ -160,8 +160,9 @@ def export(store: Path | None, suite: Path | None, out: Path) -> None:
               help="Where to write it (default: beside the store, <store>.report.html|md).")
 @click.option("--name", help="The suite to report, when the store holds several.")
 def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
-    """Write a report of SOURCE (a suite file or a store): leaderboard, forgetting matrix,
-    learning versus forgetting, training curves, contamination and clean scores."""
+    """Write a report of SOURCE (a suite file or a store): leaderboard, lineage, sweep and
+    seed tables, forgetting against the base and the parent, the gate, learning versus
+    forgetting, training curves, contamination and clean scores."""
     from rich.console import Console
 
     from harness.plugins import PluginHost
@@ -222,17 +223,19 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
     INCONCLUSIVE and none is NO-GO (2: bad input)."""
     from rich.console import Console
 
-    from harness.analysis.findings import gate_decisions, gate_verdicts
+    from harness.analysis.findings import gate_decisions, gate_verdicts, read_gate
+    from harness.lineage import expand
     from harness.plugins import PluginHost
     from harness.store import Store, lock_timeout_from_env, read_store
     from harness.suite import load_suite
 
-    settings = None
+    settings = current = None
     if source.suffix == ".duckdb":
         store = source
-    else:
+    else:  # decided now, with this suite's [gate], on the variants it makes today
         suite = load_suite(source, PluginHost.load())
         store, name, settings = suite.store_path, suite.name, suite.gate
+        current = {node.name for node in expand(suite.recipes)}
     if not store.exists():
         raise UserError(f"{store}: no such store (run the suite first)")
     Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
@@ -245,8 +248,9 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
         name = name or suites[0]
         if name not in suites:
             raise UserError(f"{store}: no suite named {name!r} (suites: {', '.join(suites)})")
-        rows = gate_decisions(con, name, settings) if settings is not None else None
-        verdicts, rows = gate_verdicts(con, name, rows)
+        rows = (gate_decisions(con, name, settings, current) if settings is not None
+                else read_gate(con, name))
+    verdicts = gate_verdicts(rows)
     known = sorted({variant for _, variant in verdicts})
     for wanted in variants:
         if wanted not in known:
@@ -256,13 +260,16 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
         verdicts = {k: v for k, v in verdicts.items() if k[1] in variants}
         rows = [r for r in rows if r.variant in variants]
     console = Console()
-    if rows:
-        console.print(gate_table(rows))
+    if any(r.evaluator for r in rows):
+        console.print(gate_table([r for r in rows if r.evaluator]))
     for (model, variant), (decision, reason) in verdicts.items():
         console.print(f"{model}/{variant}: [bold {GATE_COLOUR[decision]}]{decision}[/] - {reason}",
                       soft_wrap=True)
-    worst = max((GATE_EXIT[decision] for decision, _ in verdicts.values()), default=0)
-    sys.exit(1 if any(d == "NO-GO" for d, _ in verdicts.values()) else worst)
+    if not verdicts:
+        console.print(f"suite {name!r} has no tuned variant to judge")
+    decisions = {decision for decision, _ in verdicts.values()}
+    sys.exit(GATE_EXIT["NO-GO"] if "NO-GO" in decisions else
+             GATE_EXIT["INCONCLUSIVE"] if "INCONCLUSIVE" in decisions else GATE_EXIT["GO"])
 
 
 GATE_COLOUR = {"GO": "green", "NO-GO": "red", "INCONCLUSIVE": "yellow"}

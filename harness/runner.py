@@ -116,7 +116,7 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
     record_contamination(store, suite.name, suite.contamination, plan.variants)
     if plan.variants[1:]:  # seed-level comparisons and the gate, with this suite's settings
         record_recipe_tests(store, suite.name)
-        record_gate(store, suite.name, suite.gate)
+        record_gate(store, suite.name, suite.gate, {v.name for v in plan.variants})
     summary.seconds = time.perf_counter() - clock
 
     for reporter in suite.reporters:

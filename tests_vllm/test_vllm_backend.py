@@ -162,3 +162,24 @@ def test_adapters_the_engine_cannot_serve_go_to_transformers(engine, reference, 
     assert route["path"] == "hf" and reason in route["reason"]
     assert route["generate"] == route["loglikelihood"] == "hf"
     assert engine.generate(PROMPTS, 8) == reference.generate(PROMPTS, 8)
+
+
+def test_a_variant_trained_on_another_goes_to_transformers(engine, reference, smollm2, adapters,
+                                                           tmp_path):
+    """An adapter trained on top of another variant (``from``) applies to that variant's
+    merged weights, which the engine does not hold: it runs on the transformers copy, with
+    the reason, and scores there as the hf backend scores it."""
+    from harness.loading import merge_adapter
+
+    merged = tmp_path / "merged"
+    merge_adapter(smollm2.path, adapters["a"], merged, trust_remote_code=False)
+    variant = Variant("a.b", "key-a.b", smollm2, "adapter", adapters["b"], base_path=merged,
+                      parent="a")
+    engine.activate(variant)
+    reference.activate(variant)
+    route = engine.route()
+    assert route["path"] == "hf" and "trained on top of 'a'" in route["reason"]
+    assert engine.generate(PROMPTS, 8) == reference.generate(PROMPTS, 8)
+    stacked = reference.score_texts(TEXTS)
+    reference.activate(_variant(smollm2, "b", adapters["b"]))  # the same adapter on the base
+    assert [s.logprobs for s in stacked] != [s.logprobs for s in reference.score_texts(TEXTS)]

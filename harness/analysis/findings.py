@@ -82,10 +82,14 @@ def record_recipe_tests(store: Store, suite: str) -> list[RecipeTestRow]:
     return rows
 
 
-def gate_decisions(con: Any, suite: str, gate: GateSection) -> list[GateRow]:
-    """The gate over a store (read through ``con``): every tuned variant of ``suite`` on
-    every general and safety evaluator (or those ``gate.evaluators`` names), judged on its
-    paired test against the root base; Holm's family is all of them."""
+def gate_decisions(con: Any, suite: str, gate: GateSection,
+                   variants: set[str] | None = None) -> list[GateRow]:
+    """The gate over a store (read through ``con``): every tuned variant of ``suite`` (or
+    those named in ``variants``: the suite's current ones, not those an earlier version of
+    the suite left in the store) on every general and safety evaluator (or those
+    ``gate.evaluators`` names), judged on its paired test against the root base; Holm's
+    family is all of them. A variant with no paired scores to judge (its tuning or its
+    cells failed) gets one row without an evaluator: INCONCLUSIVE."""
     found = con.execute("""
         SELECT p.model, p.variant, p.variant_key, p.evaluator, p.metric, p.unit,
                p.higher_is_better, t.test, t.n, t.delta, coalesce(t.sd, 0), t.lost, t.gained
@@ -98,59 +102,67 @@ def gate_decisions(con: Any, suite: str, gate: GateSection) -> list[GateRow]:
     inputs, named = [], []
     for model, variant, key, evaluator, metric, unit, higher, test, n, delta, sd, lost, gained \
             in found:
-        if wanted is not None and evaluator not in wanted:
+        if wanted is not None and evaluator not in wanted or \
+                variants is not None and variant not in variants:
             continue
         limit = (gate.max_loss.get(evaluator, GateSection().max_loss)
                  if isinstance(gate.max_loss, dict) else gate.max_loss)
         inputs.append(GateInput(key, evaluator, metric, bool(higher), test, n, delta, sd, lost,
                                 gained, float(limit)))
         named.append((model, variant, unit))
-    return [GateRow(suite, model, variant, d.variant, d.evaluator, d.metric, unit, d.test, d.n,
+    rows = [GateRow(suite, model, variant, d.variant, d.evaluator, d.metric, unit, d.test, d.n,
                     d.loss, d.ci_low, d.ci_high, d.p_value, d.p_holm, d.max_loss, gate.alpha,
                     d.mde, d.decision, d.reason)
             for (model, variant, unit), d in zip(named, decide(inputs, gate.alpha))]
+    judged = {(r.model, r.variant) for r in rows}
+    for model, variant, key in con.execute("""
+            SELECT model_name, variant_name, arg_max(variant_key, started_at) FROM cells
+            WHERE suite = ? AND variant_name <> 'base' GROUP BY ALL ORDER BY ALL""",
+                                           [suite]).fetchall():
+        if (model, variant) not in judged and (variants is None or variant in variants):
+            rows.append(GateRow(suite, model, variant, key, None, None, None, None, 0, None,
+                                None, None, None, None, None, gate.alpha, None, "INCONCLUSIVE",
+                                "no paired scores on a general or safety evaluator"))
+    return rows
 
 
-def gate_verdicts(con: Any, suite: str, rows: list[GateRow] | None = None,
-                  ) -> tuple[dict[tuple[str, str], tuple[str, str]], list[GateRow]]:
-    """Each tuned variant's decision, ``(model, variant) -> (decision, reason)``, from
-    ``rows`` (else the store's ``gate_decisions``): NO-GO if any evaluator is, GO if all
-    are, else INCONCLUSIVE; a variant that the gate has no paired scores for (its tuning
-    or cells failed, or no general or safety evaluator scored it) is INCONCLUSIVE."""
-    if rows is None:
-        from harness.store.rows import columns
-
-        names = columns(GateRow)
-        rows = [GateRow(*r) for r in con.execute(
-            f"SELECT {', '.join(names)} FROM gate_decisions WHERE suite = ? "
-            "ORDER BY model, variant, evaluator", [suite]).fetchall()]
-    variants = con.execute("""
-        SELECT DISTINCT model_name, variant_name FROM cells
-        WHERE suite = ? AND variant_name <> 'base' ORDER BY ALL""", [suite]).fetchall()
+def gate_verdicts(rows: list[GateRow]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Each variant's decision, ``(model, variant) -> (decision, reason)``: NO-GO if any
+    evaluator is, GO if all are, else INCONCLUSIVE."""
     verdicts = {}
-    for model, variant in variants:
-        own = [r for r in rows if r.model == model and r.variant == variant]
+    for key in dict.fromkeys((r.model, r.variant) for r in rows):
+        own = [r for r in rows if (r.model, r.variant) == key]
         decisions = {r.decision for r in own}
-        if not own:
-            verdicts[(model, variant)] = ("INCONCLUSIVE", "no paired scores on a general or "
-                                                          "safety evaluator")
-        elif "NO-GO" in decisions:
+        if "NO-GO" in decisions:
             lost = ", ".join(r.evaluator for r in own if r.decision == "NO-GO")
-            verdicts[(model, variant)] = ("NO-GO", f"significant loss above max_loss on {lost}")
+            verdicts[key] = ("NO-GO", f"significant loss above max_loss on {lost}")
         elif decisions == {"GO"}:
-            verdicts[(model, variant)] = ("GO", "no loss above max_loss on any evaluator")
+            verdicts[key] = ("GO", "no loss above max_loss on any evaluator")
+        elif all(r.evaluator is None for r in own):
+            verdicts[key] = ("INCONCLUSIVE", own[0].reason)
         else:
             open_ = ", ".join(r.evaluator for r in own if r.decision == "INCONCLUSIVE")
-            verdicts[(model, variant)] = ("INCONCLUSIVE", f"too few items to tell on {open_}")
-    return verdicts, rows
+            verdicts[key] = ("INCONCLUSIVE", f"too few items to tell on {open_}")
+    return verdicts
 
 
-def record_gate(store: Store, suite: str, gate: GateSection) -> list[GateRow]:
-    """The gate's decisions with the suite's ``[gate]`` settings, kept in ``gate_decisions``."""
+def read_gate(con: Any, suite: str) -> list[GateRow]:
+    """The gate the last run of ``suite`` recorded."""
+    from harness.store.rows import columns
+
+    return [GateRow(*r) for r in con.execute(
+        f"SELECT {', '.join(columns(GateRow))} FROM gate_decisions WHERE suite = ? "
+        "ORDER BY model, variant, evaluator NULLS FIRST", [suite]).fetchall()]
+
+
+def record_gate(store: Store, suite: str, gate: GateSection,
+                variants: set[str] | None = None) -> list[GateRow]:
+    """The gate's decisions with the suite's ``[gate]`` settings on its current
+    ``variants``, kept in ``gate_decisions``."""
     if not store.path.exists():
         return []
     with store.read() as con:
-        rows = gate_decisions(con, suite, gate)
+        rows = gate_decisions(con, suite, gate, variants)
     store.replace_suite_rows(GateRow, suite, rows)
     return rows
 

@@ -139,25 +139,26 @@ class RecipeTestRow:
 
 @dataclass
 class GateRow:
-    """The gate's decision on one variant and one general or safety evaluator."""
+    """The gate's decision on one variant and one general or safety evaluator; a variant
+    with nothing to judge has one row without an evaluator (INCONCLUSIVE)."""
 
     suite: str
     model: str
     variant: str
     variant_key: str
-    evaluator: str
-    metric: str
-    unit: str
-    test: str
+    evaluator: str | None
+    metric: str | None
+    unit: str | None
+    test: str | None
     n: int
-    loss: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    p_holm: float
-    max_loss: float
+    loss: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    p_holm: float | None
+    max_loss: float | None
     alpha: float
-    mde: float
+    mde: float | None
     decision: str
     reason: str
 

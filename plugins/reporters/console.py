@@ -1,4 +1,5 @@
-"""Prints the leaderboard, the forgetting table and contamination counts after a run."""
+"""Prints the leaderboard, the forgetting table, contamination counts and the gate's
+decisions after a run."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ class ConsoleReporter(harness.Reporter):
         ("Contamination (items flagged; harness report lists them)",
          "SELECT model, variant, evaluator, method, flagged, items FROM contamination_summary "
          "WHERE suite = ? AND flagged > 0"),
+        # one row per variant; the reason is that of each evaluator that decided it
+        ("Gate (may each variant ship? harness report shows each evaluator's loss)",
+         "SELECT model, variant, any_value(variant_decision) AS decision, "
+         "string_agg(coalesce(evaluator || ': ', '') || reason, '; ' ORDER BY evaluator) "
+         "FILTER (WHERE decision = variant_decision) AS reason "
+         "FROM gate WHERE suite = ? GROUP BY model, variant, variant_key "
+         "ORDER BY model, variant"),
     )
 
     def report(self, context: ReportContext) -> None:

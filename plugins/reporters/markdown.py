@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import harness
-from harness_plugins.reporters.report_data import PageReporter, Report, Table, write_svgs
+from harness_plugins.reporters.report_data import Node, PageReporter, Report, Table, write_svgs
 
 
 def _cell(value: str) -> str:
@@ -21,6 +21,16 @@ def _table(table: Table) -> list[str]:
     return lines + [""]
 
 
+def _tree(nodes: list[Node], depth: int = 0) -> list[str]:
+    """A nested list, two spaces of indent per level."""
+    lines = []
+    for node in nodes:
+        detail = f" ({node.detail})" if node.detail else ""
+        lines.append(f"{'  ' * depth}- **{node.name}**{detail}")
+        lines += _tree(node.children, depth + 1)
+    return lines
+
+
 def render_markdown(report: Report, figures: dict[str, str]) -> str:
     """``figures``: each figure's name -> its path relative to the Markdown file."""
     lines = [f"# {report.title}", ""]
@@ -30,6 +40,8 @@ def render_markdown(report: Report, figures: dict[str, str]) -> str:
         lines += [f"## {section.title}", ""]
         if section.text:
             lines += [section.text, ""]
+        if section.tree:
+            lines += [*_tree(section.tree), ""]
         for figure in section.figures:
             lines += [f"![{figure.title}]({figures[figure.name]})", ""]
         for table in section.tables:

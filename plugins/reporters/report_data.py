@@ -1,9 +1,12 @@
 """What a report shows, read from the store: sections of text, tables and figures.
 
 The HTML and Markdown reporters lay out the same :class:`Report`; only the markup differs.
-Every number comes from the store's views (``leaderboard``, ``forgetting``,
+Every number comes from the store's views (``leaderboard``, ``lineage``, ``recipe_scores``,
+``recipe_comparisons``, ``forgetting``, ``parent_forgetting``, ``gate``,
 ``learning_forgetting``, ``contamination_summary``, ``clean_scores``) through read-only
-queries, so a report says exactly what ``harness sql`` would.
+queries, so a report says exactly what ``harness sql`` would. The sections about
+experiments (lineage, sweep, seed variation, forgetting against the parent) and the gate
+appear only when the store holds something for them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import math
 import os
 from abc import abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +32,26 @@ from harness_plugins.reporters import figures
 MAX_ITEMS_LISTED = 40
 
 
+#: the gate's decisions, as the ``gate`` view spells them
+DECISIONS = ("GO", "NO-GO", "INCONCLUSIVE")
+
+
 @dataclass
 class Table:
     columns: list[str]
     rows: list[list[str]]
     caption: str = ""
+    #: columns that hold a gate decision (one of ``DECISIONS``): the HTML page colours them
+    decision_columns: tuple[str, ...] = ()
+
+
+@dataclass
+class Node:
+    """One entry of a nested list, such as a variant in the lineage tree."""
+
+    name: str
+    detail: str = ""
+    children: list[Node] = field(default_factory=list)
 
 
 @dataclass
@@ -48,6 +67,7 @@ class Section:
     text: str = ""
     figures: list[Figure] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    tree: list[Node] = field(default_factory=list)  # shown as a nested list
 
 
 @dataclass
@@ -67,6 +87,8 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return ""
+        if value == 0:
+            value = 0.0  # -0.0 reads as 0
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -119,15 +141,22 @@ def _build(reader: _Reader, store: Path, suite: str) -> Report:
         ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
          + f" by harness {__version__}"),
     ]
+    recipes = _recipes(reader, len(models) > 1)
     sections = [
         _leaderboard(reader, label),
+        _lineage(reader, len(models) > 1),
+        _sweep(reader, recipes),
+        _seeds(reader, recipes),
         _forgetting(reader, label),
+        _parent_forgetting(reader, label),
+        _gate(reader, label),
         _learning(reader, label),
         _training(reader, label),
         _contamination(reader, label),
         _clean(reader, label),
     ]
-    return Report(f"harness report: {suite}", facts, sections)
+    # the experiment's sections are None when the suite has nothing of the kind
+    return Report(f"harness report: {suite}", facts, [s for s in sections if s is not None])
 
 
 def _leaderboard(reader: _Reader, label: Any) -> Section:
@@ -153,6 +182,185 @@ def _leaderboard(reader: _Reader, label: Any) -> Section:
         [[name, methods[name], *(values.get(e, "") for e in evaluators)]
          for name, values in table.items()],
         caption="; ".join(f"{e}: {metric[e]}" for e in evaluators)))
+    return section
+
+
+# -- experiments: the lineage of variants, sweeps and seed replicates -------------------------
+
+
+def _swept(sweep: Any) -> dict[str, Any]:
+    """A variant's swept option values (``variants.sweep``, JSON text) as a dict; {} if none."""
+    if not sweep:
+        return {}
+    values = json.loads(sweep) if isinstance(sweep, str) else sweep
+    return dict(values or {})
+
+
+def _values_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{option} = {fmt(value)}" for option, value in values.items())
+
+
+def _natural(value: Any) -> tuple[int, Any, str]:
+    """A sort key that puts numbers in numeric order (2 before 16), before any text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def _spread(mean: float | None, sd: float | None, n: int) -> str:
+    """``mean ± sd (n = 3)``, the ± part only where there is a standard deviation."""
+    text = fmt(mean)
+    if fmt(sd):
+        text += f" ± {fmt(sd, 2)}"
+    return f"{text} (n = {n})"
+
+
+@dataclass
+class _Recipe:
+    """A tuner entry with its options and parent: what seed replicates share."""
+
+    tuner: str
+    values: dict[str, Any]  # swept option -> value; {} when nothing is swept
+    parent: str  # the variant it was trained on, "base" for the base model
+    model: str = ""  # set only when the suite has several models
+
+    @property
+    def entry(self) -> str:
+        """The tuner entry's name, with its parent when that is not the base."""
+        name = self.tuner if self.parent == "base" else f"{self.tuner} on {self.parent}"
+        return f"{self.model}/{name}" if self.model else name
+
+    @property
+    def label(self) -> str:
+        """The entry with its swept values: ``sft (lr = 0.001, r = 8)``."""
+        return f"{self.entry} ({_values_text(self.values)})" if self.values else self.entry
+
+    def order(self, options: list[str]) -> tuple[str, list[tuple[int, Any, str]]]:
+        return (self.entry, [_natural(self.values.get(option)) for option in options])
+
+
+def _recipes(reader: _Reader, several_models: bool) -> dict[tuple[str, str], _Recipe]:
+    """Every recipe of the suite, by (model, recipe_key)."""
+    rows = reader.rows("""
+        SELECT model, recipe_key, any_value(tuner) AS tuner, any_value(sweep) AS sweep,
+               string_agg(DISTINCT parent, ', ' ORDER BY parent) AS parent
+        FROM lineage WHERE suite = ? AND recipe_key IS NOT NULL
+        GROUP BY model, recipe_key""")
+    return {(r["model"], r["recipe_key"]): _Recipe(r["tuner"] or "", _swept(r["sweep"]),
+                                                   r["parent"] or "base",
+                                                   r["model"] if several_models else "")
+            for r in rows}
+
+
+def _recipe(recipes: dict[tuple[str, str], _Recipe], model: str, key: str) -> _Recipe:
+    # every recipe of a score is in the lineage; the fallback only keeps a report whole
+    return recipes.get((model, key)) or _Recipe(str(key)[:12], {}, "base")
+
+
+def _lineage(reader: _Reader, several_models: bool) -> Section | None:
+    rows = reader.rows("""
+        SELECT l.model, l.variant, l.method, l.parent, l.depth, l.seed, l.sweep,
+               l.recipe_key, l.status
+        FROM lineage l JOIN variants v USING (variant_key)
+        WHERE l.suite = ?
+        QUALIFY row_number() OVER (PARTITION BY l.model, l.variant
+                                   ORDER BY v.created_at DESC) = 1
+        ORDER BY l.model, l.depth, l.variant""")
+    replicates = Counter(r["recipe_key"] for r in rows if r["recipe_key"] is not None)
+    if not any(r["depth"] > 1 or _swept(r["sweep"]) or replicates[r["recipe_key"]] > 1
+               for r in rows):
+        return None  # each variant tuned once on its base: the leaderboard says it all
+    section = Section(
+        "Lineage",
+        "Which variant was trained on which: every tuned variant sits under the variant it "
+        "started from (its tuner entry's from), with its method, seed and swept option "
+        "values.")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ours = [r for r in rows if r["model"] == model]
+        nodes = {r["variant"]: Node(r["variant"], _lineage_detail(r)) for r in ours}
+        root = Node(f"{model} (base)" if several_models else "base", "the untouched model")
+        for r in ours:  # parents come first: the rows are ordered by depth
+            parent = nodes.get(r["parent"]) if r["parent"] != r["variant"] else None
+            (parent or root).children.append(nodes[r["variant"]])
+        section.tree.append(root)
+    return section
+
+
+def _lineage_detail(row: dict[str, Any]) -> str:
+    parts = [row["method"] or ""]
+    if row["seed"] is not None:
+        parts.append(f"seed {row['seed']}")
+    parts.append(_values_text(_swept(row["sweep"])))
+    if row["status"] != "done":
+        parts.append(str(row["status"]))
+    return "; ".join(part for part in parts if part)
+
+
+def _sweep(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
+    rows = [r for r in reader.rows("SELECT * FROM recipe_scores WHERE suite = ?")
+            if _swept(r["sweep"])]
+    if not rows:
+        return None
+    section = Section(
+        "Sweep",
+        "One row per combination of swept option values ([tuners.sweep] in the suite), the "
+        "swept options as columns; per evaluator the primary metric as mean ± standard "
+        "deviation over the recipe's seeds (n: how many).")
+    options = list(dict.fromkeys(option for r in rows for option in _swept(r["sweep"])))
+    evaluators = list(dict.fromkeys(r["evaluator"] for r in rows))
+    metric = {r["evaluator"]: f"{r['metric']} ({'higher' if r['higher_is_better'] else 'lower'}"
+                              " is better)" for r in rows}
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["recipe_key"]), {})[r["evaluator"]] = _spread(
+            r["mean"], r["sd"], r["n"])
+    order = sorted(cells, key=lambda key: _recipe(recipes, *key).order(options))
+    section.tables.append(Table(
+        ["recipe", *options, *evaluators],
+        [[_recipe(recipes, *key).entry,
+          *(fmt(_recipe(recipes, *key).values.get(option)) for option in options),
+          *(cells[key].get(e, "") for e in evaluators)] for key in order],
+        caption="; ".join(f"{e}: {metric[e]}" for e in evaluators)))
+    return section
+
+
+def _seeds(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
+    rows = reader.rows("SELECT * FROM recipe_scores WHERE suite = ? AND n > 1")
+    if not rows:
+        return None
+    section = Section(
+        "Seed variation",
+        "Recipes trained with several seeds (a tuner entry's seeds): each evaluator's primary "
+        "metric over the seeds, as mean ± standard deviation and range. A difference "
+        "between two recipes smaller than this spread may be the luck of the seed.")
+    options = list(dict.fromkeys(option for recipe in recipes.values()
+                                 for option in recipe.values))
+    evaluators = list(dict.fromkeys(r["evaluator"] for r in rows))
+    rows.sort(key=lambda r: (_recipe(recipes, r["model"], r["recipe_key"]).order(options),
+                             evaluators.index(r["evaluator"])))
+    section.tables.append(Table(
+        ["recipe", "evaluator", "metric", "seeds", "mean ± sd", "min", "max"],
+        [[_recipe(recipes, r["model"], r["recipe_key"]).label, r["evaluator"], r["metric"],
+          str(r["n"]), _spread(r["mean"], r["sd"], r["n"]), fmt(r["min"]), fmt(r["max"])]
+         for r in rows]))
+    comparisons = reader.rows("SELECT * FROM recipe_comparisons WHERE suite = ?")
+    exceeding = [c for c in comparisons if c["exceeds_seed_noise"]]
+    if exceeding:
+        section.tables.append(Table(
+            ["evaluator", "metric", "recipe A", "recipe B", "A", "B", "difference (A − B)",
+             "p"],
+            [[c["evaluator"], c["metric"], _recipe(recipes, c["model"], c["recipe_a"]).label,
+              _recipe(recipes, c["model"], c["recipe_b"]).label,
+              _spread(c["mean_a"], c["sd_a"], c["n_a"]),
+              _spread(c["mean_b"], c["sd_b"], c["n_b"]), fmt(c["diff"]), _p(c["p_value"])]
+             for c in exceeding],
+            caption=f"Recipe pairs whose difference exceeds seed noise: {len(exceeding)} of "
+                    f"{len(comparisons)} comparisons (Welch's t-test on the seed-level scores, "
+                    "p < 0.05, not adjusted for the number of comparisons)."))
+    elif comparisons:
+        section.text += (f" None of the {len(comparisons)} comparisons between recipes "
+                         "exceeds seed noise (Welch's t-test on the seed-level scores, "
+                         "p < 0.05).")
     return section
 
 
@@ -190,6 +398,65 @@ def _forgetting(reader: _Reader, label: Any) -> Section:
           "" if r["ci_low"] is None else f"[{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}]",
           _p(r["p_value"]), r["paired_test"] or ""] for r in rows]))
     return section
+
+
+def _parent_forgetting(reader: _Reader, label: Any) -> Section | None:
+    rows = reader.rows("SELECT * FROM parent_forgetting WHERE suite = ?")
+    if not rows:
+        return None
+    section = Section(
+        "Forgetting against the parent",
+        "For variants trained on another variant (a tuner entry's from): what the last step "
+        "cost, against the variant it started from instead of the base, on the same items. "
+        "The loss is in the evaluator's per-item score, positive = worse than the parent, "
+        "with the 95% interval of the paired test.")
+    section.tables.append(Table(
+        ["variant", "parent", "evaluator", "metric", "parent value", "variant value", "delta",
+         "forgetting", "item score", "loss", "95% interval of the loss", "p", "test"],
+        [[label(r), r["parent"], r["evaluator"], r["metric"], fmt(r["parent_value"]),
+          fmt(r["variant_value"]), fmt(r["delta"]), fmt(r["forgetting"]), r["unit"] or "",
+          fmt(r["loss"], 3), _interval(r["loss_low"], r["loss_high"]), _p(r["p_value"]),
+          r["paired_test"] or ""] for r in rows]))
+    return section
+
+
+def _gate(reader: _Reader, label: Any) -> Section | None:
+    rows = reader.rows("SELECT * FROM gate WHERE suite = ?")
+    if not rows:
+        return None
+    section = Section(
+        "Gate",
+        "May each variant ship? For every general and safety evaluator the gate compares the "
+        "variant with its base on the same items. The loss is how much worse the variant is, "
+        "in the evaluator's per-item score (positive = worse). NO-GO: the loss is "
+        "significant (one-sided test, Holm-adjusted p below alpha) and above max_loss. GO: "
+        "the whole interval of the loss lies within max_loss. INCONCLUSIVE: neither; the "
+        "items cannot tell, and the reason names the loss they could detect.")
+    verdicts: dict[str, tuple[str, list[str]]] = {}  # variant -> its decision, evaluators'
+    for r in rows:
+        _, each = verdicts.setdefault(label(r), (r["variant_decision"], []))
+        # a variant with nothing to judge (its tuning or cells failed) has no evaluator
+        each.append(f"{r['evaluator']}: {r['decision']}" if r["evaluator"] else r["reason"])
+    section.tables.append(Table(
+        ["variant", "decision", "evaluators"],
+        [[name, decision, ", ".join(each)] for name, (decision, each) in verdicts.items()],
+        caption="Per variant: NO-GO if any evaluator is, GO if all are, else INCONCLUSIVE.",
+        decision_columns=("decision",)))
+    levels = sorted({f"{100 * (1 - r['alpha']):.3g}%" for r in rows if r["alpha"] is not None})
+    section.tables.append(Table(
+        ["variant", "evaluator", "item score", "items", "loss", "interval of the loss",
+         "max_loss", "Holm p", "decision", "reason"],
+        [[label(r), r["evaluator"] or "(none)", r["unit"] or "", fmt(r["n"]), fmt(r["loss"], 3),
+          _interval(r["ci_low"], r["ci_high"]), fmt(r["max_loss"]), _p(r["p_holm"]),
+          r["decision"], r["reason"] or ""] for r in rows],
+        caption="Per variant and evaluator; the interval of the loss is two-sided, at "
+                f"{', '.join(levels) or '1 − alpha'}.",
+        decision_columns=("decision",)))
+    return section
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{fmt(low, 3)}, {fmt(high, 3)}]"
 
 
 def _learning(reader: _Reader, label: Any) -> Section:

@@ -1,7 +1,9 @@
 """DPO (Rafailov et al. 2023): a LoRA adapter trained on preference pairs by trl's DPOTrainer.
 
-The reference policy is the base model itself: the adapter is switched off for
-the reference forward pass, so no second copy of the model is held.
+The reference policy is the model the adapter is trained on (the base, or with
+``from`` the parent variant's merged weights, which the harness passes as
+``job.model``): the adapter is switched off for the reference forward pass, so no
+second copy of the model is held.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ standard deviation. No value model and no reward model training: the group is
 the baseline. trl's ``GRPOTrainer`` does the sampling and the clipped policy
 loss (with its default ``loss_type = "dapo"`` token aggregation; ``"grpo"`` is
 the paper's per-sequence mean); peft trains only the adapter, and with
-``beta > 0`` the KL penalty's reference is the base itself (the adapter
-switched off), so no second copy of the model is loaded.
+``beta > 0`` the KL penalty's reference is the model it starts from (the adapter
+switched off): the base, or with ``from`` the parent variant's merged weights,
+so no second copy of the model is loaded.
 
 Data: one JSONL of prompt rows, ``{"prompt": "..."}`` or ``{"prompt": [messages]}``
 (preference rows work too; ``chosen``/``rejected`` are ignored).
@@ -56,7 +57,7 @@ class GRPOOptions(AdapterOptions):
                                        description="most tokens generated per completion")
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature")
     beta: float = Field(default=0.0, ge=0,
-                        description="KL penalty to the base (0: no reference pass)")
+                        description="KL penalty to the starting model (0: no reference pass)")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
         default="dapo", description="trl's token aggregation of the clipped loss")
 

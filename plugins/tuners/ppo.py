@@ -10,8 +10,9 @@
    instead and nothing is trained for it.
 2. **PPO.** trl's ``trl.experimental.ppo.PPOTrainer`` samples completions of
    the prompt set, scores each with the reward, subtracts ``kl_coef`` times the
-   per-token KL to the reference (the base: the adapter switched off), estimates
-   advantages with GAE from a value model (another copy of the base with a
+   per-token KL to the reference (the starting model, the adapter switched off:
+   the base, or with ``from`` the parent's weights), estimates advantages with
+   GAE from a value model (another copy of the starting model with a
    one-output head, trained in full at ``value_lr``), and takes
    ``num_ppo_epochs`` passes of the clipped surrogate objective plus the
    clipped value loss.
