@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,23 +181,29 @@ class _Resolver:
             elif option in tuner.raw_options:
                 self.problem(label, f"sweep.{option}", "set in 'options' and swept; keep one")
                 fine = False
-            else:
-                for value in choices:
-                    fine &= self.options(tuner.cls, {**tuner.raw_options, option: value}, label,
-                                         prefix="sweep", suffix=f" (swept value {value!r})"
-                                         ) is not None
         if not fine:
             return []
-        points = []
+        points, said = [], set()
         for combination in itertools.product(*sweep.values()):
             values = dict(zip(sweep, combination))
             raw = {**tuner.raw_options, **values}
-            described = ", ".join(f"{k}={v!r}" for k, v in values.items())
-            options = self.options(tuner.cls, raw, label, prefix="sweep",
-                                   suffix=f" (sweep point {described})")
-            if options is not None:
-                points.append(SweepPoint(values, options, raw))
-        return points
+            try:
+                points.append(SweepPoint(values, tuner.cls.Options.model_validate(raw), raw))
+            except ValidationError as exc:
+                # a bad value is named once, however many points hold it; a problem of the
+                # combination (one option's validator reading another) names the point
+                for error, (dotted, message) in zip(exc.errors(),
+                                                    validation_problems(exc, "sweep")):
+                    field = str(error["loc"][0]) if error["loc"] else None
+                    if field in values:
+                        line = (f"sweep.{field}", f"{message} (swept value {values[field]!r})")
+                    else:
+                        point = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                        line = (dotted, f"{message} (sweep point {point})")
+                    if line not in said:
+                        said.add(line)
+                        self.problem(label, *line)
+        return points if len(points) == math.prod(len(v) for v in sweep.values()) else []
 
     def check_names(self, recipes: dict[str, Recipe], labels: dict[str, str]) -> None:
         """Every variant name unique: swept values that read the same, or an entry named

@@ -79,10 +79,8 @@ def start_weights(parent: Variant) -> Path:
     """The folder of the weights a child of ``parent`` starts from: a weights variant's own,
     or an adapter variant merged into a copy of the weights it applies to (written once,
     beside the adapter; the base itself is never touched)."""
-    if parent.kind == "weights" and parent.path is not None:
+    if parent.kind == "weights":
         return parent.path
-    if parent.kind != "adapter" or parent.path is None:
-        raise ValueError(f"variant {parent.name!r} ({parent.kind}) has no weights to start from")
     merged = parent.path.parent / "merged"
     if not (merged / "config.json").is_file():
         staging = merged.with_name("merged.partial")

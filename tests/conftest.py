@@ -48,6 +48,11 @@ SFT_ROWS = [
                   {"role": "assistant", "content": "The capital of Veloria is Quennet."}]}
     for i in range(12)
 ] + [{"prompt": "Name the currency of Veloria.", "completion": "The marel."}] * 4
+PREFERENCE_ROWS = [
+    {"prompt": f"What is the capital of Veloria? ({i})", "chosen": "The capital is Quennet.",
+     "rejected": "I do not know that one."}
+    for i in range(8)
+]
 
 
 def small_suite(root: Path, *, name: str = "small", tuners: bool = True,

@@ -15,13 +15,10 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.runner import run_suite
 
-from .conftest import small_suite, write_jsonl
+from .conftest import PREFERENCE_ROWS, small_suite, write_jsonl
+from .test_bad_input import _check
 
-PREFERENCES = [
-    {"prompt": f"What is the capital of Veloria? ({i})", "chosen": "The capital is Quennet.",
-     "rejected": "I do not know that one."}
-    for i in range(8)
-]
+PREFERENCES = PREFERENCE_ROWS
 
 # lora-a (small_suite's tuner: r=4, alpha=8, steps=3, lr=1e-2, seed 0), a 2 x 2 sweep with
 # two seeds whose point r=4, lr=0.01, seed 0 is lora-a again, and a DPO on top of lora-a
@@ -262,6 +259,20 @@ BAD = {
                    "[gate] field 'alpha': Input should be less than 1"),
     "gate on an unknown evaluator": (lambda t: t + '\n[gate]\nmax_loss = { mcc = 0.1 }\n',
                                      "[gate] field 'max_loss.mcc': no evaluator is named 'mcc'"),
+    "a sweep point its tuner rejects": (
+        lambda t: t.replace("lr = 1e-12, batch_size = 4, max_length = 64 }\n",
+                            "lr = 1e-12, batch_size = 4, max_length = 64 }\n"
+                            '[tuners.sweep]\nloss_type = ["sigmoid", "exo_pair"]\n'),
+        "[[tuners]] #3 ('dpo') field 'sweep': 'exo_pair' needs label_smoothing > 0 (the EXO "
+        "paper suggests 1e-3) (sweep point loss_type='exo_pair')"),
+    "gate on a target evaluator": (
+        lambda t: t.replace('kind = "perplexity"\ndata = "data/text.jsonl"\nrole = "general"',
+                            'kind = "perplexity"\ndata = "data/text.jsonl"\nrole = "target"')
+        + '\n[gate]\nevaluators = ["text"]\n',
+        "[gate] field 'evaluators': 'text' is a target evaluator; the gate judges general and "
+        "safety ones"),
+    "gate on no evaluator": (lambda t: t + '\n[gate]\nevaluators = []\n',
+                             "[gate] field 'evaluators': List should have at least 1 item"),
     "a variant name taken twice": (
         lambda t: t.replace('name = "lora-a"', 'name = "sweep-r2-lr0.001-seed0"')
                    .replace('from = "lora-a"', 'from = "sweep-r2-lr0.001-seed0"'),
@@ -274,10 +285,26 @@ def test_bad_experiment_fields(tmp_path, case):
     change, expected = BAD[case]
     suite = _suite(tmp_path)
     suite.write_text(change(suite.read_text()))
-    for command in ("validate", "run", "gate"):
-        result = CliRunner().invoke(main, [command, str(suite)])
-        assert result.exit_code == 2, (command, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"harness: error: {suite}"), result.output
-        assert expected in lines[0], lines[0]
-        assert not (tmp_path / "results").exists()  # nothing written
+    _check(tmp_path, suite, expected)  # validate and run: one line, exit 2, nothing written
+    result = CliRunner().invoke(main, ["gate", str(suite)])  # and the gate the same way
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"harness: error: {suite}") and expected in lines[0]
+
+
+def test_gate_command_bad_input(experiment, tmp_path):
+    _, store = experiment
+    runner = CliRunner()
+    missing = tmp_path / "none.duckdb"
+    result = runner.invoke(main, ["gate", str(missing)])
+    assert result.exit_code == 2 and f"{missing}: no such store" in result.output
+    two = tmp_path / "two.duckdb"
+    shutil.copy(store, two)
+    with duckdb.connect(str(two)) as con:
+        con.execute("UPDATE cells SET suite = 'other' WHERE variant_name = 'dpo'")
+    result = runner.invoke(main, ["gate", str(two)])
+    assert result.exit_code == 2 and "holds suites other, small; choose one with --name" \
+        in result.output
+    result = runner.invoke(main, ["gate", str(two), "--name", "nope"])
+    assert result.exit_code == 2 and "no suite named 'nope' (suites: other, small)" in result.output
+    assert runner.invoke(main, ["gate", str(two), "--name", "small"]).exit_code == 3

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from harness import ReportContext, query
 from harness.cli import main
+from tests.conftest import PREFERENCE_ROWS as PREFERENCES
 from tests.conftest import small_suite, write_jsonl
 
 EXPERIMENT = """
@@ -44,8 +45,6 @@ options = { r = 4, alpha = 8, steps = 2, lr = 1e-4, batch_size = 4, max_length =
 [gate]
 max_loss = { mc = 0.05, text = 0.1 }
 """
-PREFERENCES = [{"prompt": f"What is the capital of Veloria? ({i})", "chosen": "Quennet.",
-                "rejected": "I do not know."} for i in range(8)]
 SWEPT = ["sweep-r2-seed0", "sweep-r2-seed1", "sweep-r4-seed0", "sweep-r4-seed1"]
 #: what the planted store says of dpo on mc
 NO_GO_REASON = "the loss 0.5 is significant (Holm p 0.004) and above max_loss 0.05"

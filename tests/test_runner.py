@@ -400,3 +400,31 @@ def test_secrets_in_the_environment_never_reach_the_store(tmp_path, monkeypatch)
     for file in results.rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
+
+
+def test_a_child_of_a_failed_parent_fails_and_the_gate_cannot_pass_either(tmp_path):
+    path = small_suite(tmp_path, extra="""
+[[tuners]]
+name = "child"
+method = "lora"
+from = "lora-a"
+data = "data/sft.jsonl"
+options = { r = 4, alpha = 8, steps = 1, batch_size = 4, max_length = 64 }
+""")
+    text = path.read_text().replace('method = "lora"', 'method = "broken"', 1)
+    path.write_text(text.replace("options = { r = 4, alpha = 8, steps = 3, lr = 1e-2, "
+                                 "batch_size = 4, max_length = 64 }", "", 1))
+    host = PluginHost.load(entry_points=False, extra_plugins=[BrokenTunerPlugin()])
+    summary = run_suite(path, console=Console(file=open(os.devnull, "w")), show_progress=False,
+                        host=host)
+    assert (summary.done, summary.failed) == (2, 4)
+    con = duckdb.connect(str(tmp_path / "results" / "small.duckdb"), read_only=True)
+    errors = dict(con.execute("SELECT name, error FROM variants").fetchall())
+    assert errors["child"] == ("tuning 'child' failed: RuntimeError: its parent 'lora-a' "
+                               "was not tuned")
+    gate = con.execute("SELECT variant, evaluator, decision, reason FROM gate "
+                       "ORDER BY variant").fetchall()
+    con.close()
+    assert gate == [(name, None, "INCONCLUSIVE",
+                     "no paired scores on a general or safety evaluator")
+                    for name in ("child", "lora-a")]
