@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.runner import run_suite
+from harness.suite_file import NAME_PATTERN
 
 from .conftest import PREFERENCE_ROWS, small_suite, write_jsonl
 from .test_bad_input import _check
@@ -75,6 +77,7 @@ def test_sweep_and_seeds_make_one_variant_per_point_and_seed(experiment):
         f"sweep-r{r}-lr{lr}-seed{seed}" for r in (2, 4) for lr in ("0.001", "0.01")
         for seed in (0, 1)]
     for name, _, seed, sweep, config in rows:
+        assert re.fullmatch(NAME_PATTERN, name)  # a name a suite could give itself
         values = json.loads(sweep)
         options = json.loads(config)
         assert name == f"sweep-r{values['r']}-lr{values['lr']}-seed{seed}"
@@ -308,3 +311,18 @@ def test_gate_command_bad_input(experiment, tmp_path):
     result = runner.invoke(main, ["gate", str(two), "--name", "nope"])
     assert result.exit_code == 2 and "no suite named 'nope' (suites: other, small)" in result.output
     assert runner.invoke(main, ["gate", str(two), "--name", "small"]).exit_code == 3
+
+
+def test_variant_names_say_their_values_and_stay_valid_names():
+    from harness.lineage import own_name, variant_name
+
+    assert own_name("sft", {"r": 8, "lr": 1e-05}, 0, False) == "sft-r8-lr1e-05"
+    assert own_name("dpo", {"loss_type": ["sigmoid", "ipo"], "x": True}, 2, True) == \
+        "dpo-loss_typesigmoid_ipo-xtrue-seed2"
+    assert own_name("sft", {"target_modules": "q_proj v/proj"}, 0, False) == \
+        "sft-target_modulesq_proj_v_proj"
+    # a child is named after its parent variant when the parent entry made several
+    assert variant_name("dpo", {}, 0, False, "sft-seed1", 3) == "sft-seed1.dpo"
+    assert variant_name("dpo", {}, 0, False, "sft", 1) == "dpo"
+    for name in ("sft-r8-lr1e-05", "dpo-loss_typesigmoid_ipo-xtrue-seed2", "sft-seed1.dpo"):
+        assert re.fullmatch(NAME_PATTERN, name)
