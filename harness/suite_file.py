@@ -49,6 +49,18 @@ class TunerEntry(_Table):
     #: option name -> values: one variant per combination (cartesian product)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
+    @field_validator("sweep")
+    @classmethod
+    def _distinct_values(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for option, values in value.items():
+            seen: list[Any] = []
+            for item in values:
+                if item in seen:
+                    raise ValueError(f"{option!r} lists {item!r} twice; each value makes one "
+                                     "variant")
+                seen.append(item)
+        return value
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
@@ -104,6 +116,17 @@ class GateSection(_Table):
     max_loss: float | dict[str, float] = 0.01
     #: gate on these evaluators only (general and safety ones); default: all of them
     evaluators: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("max_loss", mode="before")
+    @classmethod
+    def _loss_table(cls, value: Any) -> float | dict[str, float]:
+        """One message for any wrong shape, rather than one per member of the union."""
+        def number(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+
+        if number(value) or isinstance(value, dict) and all(number(v) for v in value.values()):
+            return value
+        raise ValueError("must be a number >= 0, or a table of evaluator name -> number >= 0")
 
 
 class SuiteFile(_Table):

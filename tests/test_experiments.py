@@ -276,6 +276,12 @@ BAD = {
         "safety ones"),
     "gate on no evaluator": (lambda t: t + '\n[gate]\nevaluators = []\n',
                              "[gate] field 'evaluators': List should have at least 1 item"),
+    "a swept value twice": (lambda t: t.replace("r = [2, 4]", "r = [2, 2]"),
+                            "[[tuners]] #2 ('sweep') field 'sweep': 'r' lists 2 twice"),
+    "a negative max_loss": (lambda t: t + "\n[gate]\nmax_loss = { mc = -0.1 }\n",
+                            "[gate] field 'max_loss': must be a number >= 0, or a table"),
+    "max_loss of the wrong type": (lambda t: t + '\n[gate]\nmax_loss = "small"\n',
+                                   "[gate] field 'max_loss': must be a number >= 0"),
     "a variant name taken twice": (
         lambda t: t.replace('name = "lora-a"', 'name = "sweep-r2-lr0.001-seed0"')
                    .replace('from = "lora-a"', 'from = "sweep-r2-lr0.001-seed0"'),
