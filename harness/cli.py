@@ -224,32 +224,44 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
     from rich.console import Console
 
     from harness.analysis.findings import gate_decisions, gate_verdicts, read_gate
-    from harness.lineage import expand
+    from harness.models import resolve_evaluator_models, resolve_model
+    from harness.plan import make_plan
     from harness.plugins import PluginHost
     from harness.store import Store, lock_timeout_from_env, read_store
     from harness.suite import load_suite
 
-    settings = current = None
+    suite = None
     if source.suffix == ".duckdb":
         store = source
-    else:  # decided now, with this suite's [gate], on the variants it makes today
-        suite = load_suite(source, PluginHost.load())
-        store, name, settings = suite.store_path, suite.name, suite.gate
-        current = {node.name for node in expand(suite.recipes)}
+    else:  # decided now, with this suite's [gate], on the cells it plans today
+        host = PluginHost.load()
+        suite = load_suite(source, host)
+        if name is not None and name != suite.name:
+            raise UserError(f"--name {name!r}: the suite file {source} is suite "
+                            f"{suite.name!r}; --name chooses among a store's suites")
+        store, name = suite.store_path, suite.name
     if not store.exists():
         raise UserError(f"{store}: no such store (run the suite first)")
     Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
     with read_store(store) as con:
         suites = [r[0] for r in con.execute(
             "SELECT DISTINCT suite FROM cells ORDER BY suite").fetchall()]
-        if name is None and len(suites) != 1:
+        if suite is None and name is None and len(suites) != 1:
             raise UserError(f"{store}: holds suites {', '.join(suites) or '(none)'}; "
                             "choose one with --name")
         name = name or suites[0]
-        if name not in suites:
+        if suite is None and name not in suites:
             raise UserError(f"{store}: no suite named {name!r} (suites: {', '.join(suites)})")
-        rows = (gate_decisions(con, name, settings, current) if settings is not None
-                else read_gate(con, name))
+        if suite is not None:
+            models = [resolve_model(entry, host, suite.base_dir) for entry in suite.models]
+            plan = make_plan(suite, models, resolve_evaluator_models(suite, host))
+            rows = gate_decisions(con, name, suite.gate, plan.cells)
+        else:
+            rows = read_gate(con, name)
+            if not rows:
+                click.echo(f"{store}: no gate decisions recorded for suite {name!r} (run it "
+                           "with this harness, or give the suite file)")
+                sys.exit(GATE_EXIT["INCONCLUSIVE"])
     verdicts = gate_verdicts(rows)
     known = sorted({variant for _, variant in verdicts})
     for wanted in variants:
@@ -266,7 +278,7 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
         console.print(f"{model}/{variant}: [bold {GATE_COLOUR[decision]}]{decision}[/] - {reason}",
                       soft_wrap=True)
     if not verdicts:
-        console.print(f"suite {name!r} has no tuned variant to judge")
+        console.print(f"suite {name!r} makes no tuned variant: nothing to judge")
     decisions = {decision for decision, _ in verdicts.values()}
     sys.exit(GATE_EXIT["NO-GO"] if "NO-GO" in decisions else
              GATE_EXIT["INCONCLUSIVE"] if "INCONCLUSIVE" in decisions else GATE_EXIT["GO"])
@@ -284,7 +296,10 @@ def gate_table(rows: list) -> object:
     for column in ("variant", "evaluator", "loss", "max", "p", "decision"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        table.add_row(r.variant, f"{r.evaluator} ({r.unit})",
-                      f"{r.loss:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]", f"{r.max_loss:g}",
-                      f"{r.p_holm:.2g}", f"[{GATE_COLOUR[r.decision]}]{r.decision}")
+        scored = r.loss is not None
+        table.add_row(r.variant, f"{r.evaluator} ({r.unit})" if scored else r.evaluator,
+                      f"{r.loss:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" if scored else
+                      "not scored", f"{r.max_loss:g}" if scored else "",
+                      f"{r.p_holm:.2g}" if scored else "",
+                      f"[{GATE_COLOUR[r.decision]}]{r.decision}")
     return table

@@ -114,9 +114,9 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
     record_paired_tests(store)
     # contamination findings for pairs not checked yet (new cells, or changed settings)
     record_contamination(store, suite.name, suite.contamination, plan.variants)
-    if plan.variants[1:]:  # seed-level comparisons and the gate, with this suite's settings
-        record_recipe_tests(store, suite.name)
-        record_gate(store, suite.name, suite.gate, {v.name for v in plan.variants})
+    if store.path.exists():  # seed-level comparisons and the gate, on the plan's variants
+        record_recipe_tests(store, suite.name, plan.variants)
+        record_gate(store, suite.name, suite.gate, plan.cells)
     summary.seconds = time.perf_counter() - clock
 
     for reporter in suite.reporters:

@@ -209,11 +209,15 @@ class _Resolver:
         """Every variant name unique: swept values that read the same, or an entry named
         like another's sweep point, would make two variants of one name."""
         seen: dict[str, str] = {}
+        reported: set[str] = set()  # one line per entry, however many names clash
         for node in expand(recipes):
             entry, name = node.recipe.entry.name, node.name
-            if name == "base" or name in seen and seen[name] != entry:
-                self.problem(labels[entry], "name", f"makes a variant named {name!r}, as "
-                                                    f"entry {seen.get(name, 'base')!r} does")
+            if name in seen and entry not in reported:
+                reported.add(entry)
+                other = seen[name]
+                self.problem(labels[entry], "name", f"makes a variant named {name!r} twice "
+                             "(swept values that read alike)" if other == entry else
+                             f"makes a variant named {name!r}, as entry {other!r} does")
             seen.setdefault(name, entry)
 
     def check_gate(self, gate: GateSection, evaluators: list[ResolvedComponent]) -> None:

@@ -25,7 +25,7 @@ class SuiteSection(_Table):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     store: str | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's and torch's seed range
     reporters: list[str] = ["console"]
     #: distributions (plugins) the suite needs, as requirement strings: "pkg>=0.2"
     requires: list[str] = []
@@ -45,7 +45,7 @@ class TunerEntry(_Table):
     #: train on top of this tuner entry's variants instead of the base
     from_: str | None = Field(default=None, alias="from", min_length=1)
     #: replicates that differ only by seed; default: the suite's seed
-    seeds: list[int] | None = Field(default=None, min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(default=None, min_length=1)
     #: option name -> values: one variant per combination (cartesian product)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 

@@ -202,3 +202,35 @@ def test_rerun_adds_nothing_and_new_settings_replace_old_findings(run_harness, t
     assert changed.summary.done == 0  # cells stay; only the data-side findings change
     methods = dict(rows())
     assert "ngram-13" not in methods and methods["ngram-3"] == methods["exact"] == 9
+
+
+def test_a_child_is_checked_against_its_ancestors_data_too(tmp_path):
+    """DPO trained on top of an SFT variant has seen the SFT data: an item leaked into the
+    SFT data is flagged for the child as well, under both files."""
+    from harness.runner import run_suite
+    from tests.conftest import PREFERENCE_ROWS
+
+    write_jsonl(tmp_path / "data" / "pref.jsonl", PREFERENCE_ROWS)
+    suite = planted_suite(tmp_path, extra="""
+[[tuners]]
+name = "kid"
+method = "dpo"
+from = "lora-a"
+data = "data/pref.jsonl"
+options = { r = 4, alpha = 8, steps = 1, batch_size = 4, max_length = 64 }
+
+[contamination]
+membership = false
+""")
+    summary = run_suite(suite, show_progress=False)
+    assert summary.failed == 0
+    import duckdb
+
+    with duckdb.connect(str(summary.store_path), read_only=True) as con:
+        flagged = con.execute("""
+            SELECT variant, method, item_id, dataset FROM contamination
+            WHERE flagged AND evaluator = 'mc' ORDER BY variant, method""").fetchall()
+    sft, pref = str(tmp_path / "data" / "sft.jsonl"), str(tmp_path / "data" / "pref.jsonl")
+    assert flagged == [("kid", "exact", "mc-3", f"{sft} + {pref}"),
+                       ("kid", "ngram-13", "mc-3", f"{sft} + {pref}"),
+                       ("lora-a", "exact", "mc-3", sft), ("lora-a", "ngram-13", "mc-3", sft)]

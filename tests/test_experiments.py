@@ -216,6 +216,13 @@ def test_gate_command_exit_status(experiment, tmp_path):
         'store = "results/small.duckdb"', f'store = "{store}"'))
     result = runner.invoke(main, ["gate", str(generous)])
     assert result.exit_code == 0, result.output
+    # change lora-a without running: its new key (and dpo's, below it) has no cells yet,
+    # so the gate cannot judge them on the old results
+    generous.write_text(generous.read_text().replace("lr = 1e-2", "lr = 3e-2"))
+    result = runner.invoke(main, ["gate", str(generous)])
+    assert result.exit_code == 3, result.output
+    assert "tiny/lora-a: INCONCLUSIVE" in result.output and "tiny/dpo: INCONCLUSIVE" in \
+        result.output and "tiny/sweep-r2-lr0.001-seed0: GO" in result.output
     # a store whose gate found a significant loss above max_loss on one variant: NO-GO
     # for that variant (exit 1) and for it alone
     nogo = tmp_path / "nogo.duckdb"
@@ -282,6 +289,12 @@ BAD = {
                             "[gate] field 'max_loss': must be a number >= 0, or a table"),
     "max_loss of the wrong type": (lambda t: t + '\n[gate]\nmax_loss = "small"\n',
                                    "[gate] field 'max_loss': must be a number >= 0"),
+    "swept values that read alike": (lambda t: t.replace("lr = [0.001, 0.01]",
+                                                          'lr = [0.001, "0.001"]'),
+                                     "field 'name': makes a variant named "
+                                     "'sweep-r2-lr0.001-seed0' twice"),
+    "a seed out of range": (lambda t: t.replace("seeds = [0, 1]", "seeds = [-1]"),
+                            "field 'seeds.0': Input should be greater than or equal to 0"),
     "a variant name taken twice": (
         lambda t: t.replace('name = "lora-a"', 'name = "sweep-r2-lr0.001-seed0"')
                    .replace('from = "lora-a"', 'from = "sweep-r2-lr0.001-seed0"'),
@@ -317,6 +330,12 @@ def test_gate_command_bad_input(experiment, tmp_path):
     result = runner.invoke(main, ["gate", str(two), "--name", "nope"])
     assert result.exit_code == 2 and "no suite named 'nope' (suites: other, small)" in result.output
     assert runner.invoke(main, ["gate", str(two), "--name", "small"]).exit_code == 3
+    empty = tmp_path / "empty.duckdb"  # a store whose gate was never recorded
+    shutil.copy(store, empty)
+    with duckdb.connect(str(empty)) as con:
+        con.execute("DELETE FROM gate_decisions")
+    result = runner.invoke(main, ["gate", str(empty)])
+    assert result.exit_code == 3 and "no gate decisions recorded" in result.output
 
 
 def test_variant_names_say_their_values_and_stay_valid_names():

@@ -423,8 +423,8 @@ options = { r = 4, alpha = 8, steps = 1, batch_size = 4, max_length = 64 }
     assert errors["child"] == ("tuning 'child' failed: RuntimeError: its parent 'lora-a' "
                                "was not tuned")
     gate = con.execute("SELECT variant, evaluator, decision, reason FROM gate "
-                       "ORDER BY variant").fetchall()
+                       "ORDER BY variant, evaluator").fetchall()
     con.close()
-    assert gate == [(name, None, "INCONCLUSIVE",
-                     "no paired scores on a general or safety evaluator")
-                    for name in ("child", "lora-a")]
+    assert gate == [(name, evaluator, "INCONCLUSIVE",
+                     "not scored: the cell or the base's failed, or has not run")
+                    for name in ("child", "lora-a") for evaluator in ("mc", "text")]

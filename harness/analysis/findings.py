@@ -17,7 +17,7 @@ from harness.analysis.items import Item, item_text
 from harness.analysis.gate import GateInput, decide, welch
 from harness.analysis.stats import paired_test
 from harness.keys import content_hash
-from harness.records import VariantPlan
+from harness.records import CellPlan, VariantPlan
 from harness.store import ContaminationRow, GateRow, PairedTestRow, RecipeTestRow, Store
 from harness.suite_file import ContaminationSection, GateSection
 
@@ -55,17 +55,20 @@ def record_paired_tests(store: Store) -> int:
     return len(rows)
 
 
-def record_recipe_tests(store: Store, suite: str) -> list[RecipeTestRow]:
+def record_recipe_tests(store: Store, suite: str,
+                        variants: Sequence[VariantPlan]) -> list[RecipeTestRow]:
     """Welch's t-test between every two recipes with two seeds or more on the same base
-    and evaluator; the suite's rows are remade whole (scores may have been re-run)."""
+    and evaluator, over the suite's current ``variants``; the suite's rows are remade whole
+    (scores may have been re-run)."""
     if not store.path.exists():
         return []
+    keys = [v.key for v in variants if v.recipe_key is not None]
     with store.read() as con:
         groups = con.execute("""
             SELECT s.model, s.evaluator, s.metric, v.recipe_key, list(s.value ORDER BY s.variant)
             FROM latest_scores s JOIN variants v ON v.variant_key = s.variant_key
-            WHERE s.suite = ? AND v.recipe_key IS NOT NULL
-            GROUP BY ALL ORDER BY ALL""", [suite]).fetchall()
+            WHERE s.suite = ? AND v.variant_key IN (SELECT unnest(?))
+            GROUP BY ALL ORDER BY ALL""", [suite, keys]).fetchall()
     by_evaluator: dict[tuple[str, str, str], list[tuple[str, list[float]]]] = {}
     for model, evaluator, metric, recipe, scores in groups:
         if len(scores) >= 2:
@@ -83,47 +86,57 @@ def record_recipe_tests(store: Store, suite: str) -> list[RecipeTestRow]:
 
 
 def gate_decisions(con: Any, suite: str, gate: GateSection,
-                   variants: set[str] | None = None) -> list[GateRow]:
-    """The gate over a store (read through ``con``): every tuned variant of ``suite`` (or
-    those named in ``variants``: the suite's current ones, not those an earlier version of
-    the suite left in the store) on every general and safety evaluator (or those
-    ``gate.evaluators`` names), judged on its paired test against the root base; Holm's
-    family is all of them. A variant with no paired scores to judge (its tuning or its
-    cells failed) gets one row without an evaluator: INCONCLUSIVE."""
-    found = con.execute("""
-        SELECT p.model, p.variant, p.variant_key, p.evaluator, p.metric, p.unit,
-               p.higher_is_better, t.test, t.n, t.delta, coalesce(t.sd, 0), t.lost, t.gained
-        FROM base_pairs p
-        JOIN paired_tests t
-          ON t.variant_cell_key = p.variant_cell_key AND t.base_cell_key = p.base_cell_key
-        WHERE p.suite = ? AND p.role IN ('general', 'safety')
-        ORDER BY p.model, p.variant, p.evaluator""", [suite]).fetchall()
+                   cells: Sequence[CellPlan]) -> list[GateRow]:
+    """The gate over a store (read through ``con``) for a plan's ``cells``: every tuned
+    variant the suite makes now, on every general and safety evaluator (or those
+    ``gate.evaluators`` names), judged on the paired test of its current cell against the
+    base's current cell on the same evaluator; Holm's family is all of them. A pair not
+    scored (the cell failed, or has not run) is INCONCLUSIVE, and so is a variant with no
+    evaluator to judge it on (one row without an evaluator)."""
     wanted = set(gate.evaluators) if gate.evaluators else None
-    inputs, named = [], []
-    for model, variant, key, evaluator, metric, unit, higher, test, n, delta, sd, lost, gained \
-            in found:
-        if wanted is not None and evaluator not in wanted or \
-                variants is not None and variant not in variants:
+    base = {(c.model.name, c.evaluator.name): c.key for c in cells if c.variant.tuner is None}
+    judged = [c for c in cells if c.variant.tuner is not None
+              and c.evaluator.role in ("general", "safety")
+              and (wanted is None or c.evaluator.name in wanted)]
+    keys = [c.key for c in judged]
+    tests = {(r[0], r[1]): r[2:] for r in con.execute("""
+        SELECT variant_cell_key, base_cell_key, test, n, delta, coalesce(sd, 0), lost, gained
+        FROM paired_tests WHERE variant_cell_key IN (SELECT unnest(?))""", [keys]).fetchall()}
+    primary = {r[0]: r[1:] for r in con.execute("""
+        SELECT c.cell_key, m.metric, m.higher_is_better,
+               coalesce(json_extract_string(c.info, '$.item_score'), m.metric)
+        FROM cells c JOIN metrics m USING (cell_key)
+        WHERE m.is_primary AND c.status = 'done' AND c.cell_key IN (SELECT unnest(?))""",
+                                               [keys]).fetchall()}
+    inputs, named, rows = [], [], []
+    for cell in judged:
+        head = (suite, cell.model.name, cell.variant.name, cell.variant.key, cell.evaluator.name)
+        test = tests.get((cell.key, base.get((cell.model.name, cell.evaluator.name))))
+        if test is None or cell.key not in primary:
+            rows.append(GateRow(*head, None, None, None, 0, None, None, None, None, None, None,
+                                gate.alpha, None, "INCONCLUSIVE",
+                                "not scored: the cell or the base's failed, or has not run"))
             continue
-        limit = (gate.max_loss.get(evaluator, GateSection().max_loss)
+        metric, higher, unit = primary[cell.key]
+        limit = (gate.max_loss.get(cell.evaluator.name, GateSection().max_loss)
                  if isinstance(gate.max_loss, dict) else gate.max_loss)
-        inputs.append(GateInput(key, evaluator, metric, bool(higher), test, n, delta, sd, lost,
-                                gained, float(limit)))
-        named.append((model, variant, unit))
-    rows = [GateRow(suite, model, variant, d.variant, d.evaluator, d.metric, unit, d.test, d.n,
-                    d.loss, d.ci_low, d.ci_high, d.p_value, d.p_holm, d.max_loss, gate.alpha,
-                    d.mde, d.decision, d.reason)
-            for (model, variant, unit), d in zip(named, decide(inputs, gate.alpha))]
-    judged = {(r.model, r.variant) for r in rows}
-    for model, variant, key in con.execute("""
-            SELECT model_name, variant_name, arg_max(variant_key, started_at) FROM cells
-            WHERE suite = ? AND variant_name <> 'base' GROUP BY ALL ORDER BY ALL""",
-                                           [suite]).fetchall():
-        if (model, variant) not in judged and (variants is None or variant in variants):
-            rows.append(GateRow(suite, model, variant, key, None, None, None, None, 0, None,
-                                None, None, None, None, None, gate.alpha, None, "INCONCLUSIVE",
-                                "no paired scores on a general or safety evaluator"))
-    return rows
+        inputs.append(GateInput(cell.variant.key, cell.evaluator.name, metric, bool(higher),
+                                *test, float(limit)))
+        named.append((head, unit))
+    rows += [GateRow(*head[:4], d.evaluator, d.metric, unit, d.test, d.n, d.loss, d.ci_low,
+                     d.ci_high, d.p_value, d.p_holm, d.max_loss, gate.alpha, d.mde, d.decision,
+                     d.reason)
+             for (head, unit), d in zip(named, decide(inputs, gate.alpha))]
+    seen = {(r.model, r.variant_key) for r in rows}
+    tuned = {(c.model.name, c.variant.key): c.variant for c in cells if c.variant.tuner}
+    for variant in tuned.values():
+        if (variant.model.name, variant.key) not in seen:
+            rows.append(GateRow(suite, variant.model.name, variant.name, variant.key, None, None,
+                                None, None, 0, None, None, None, None, None, None, gate.alpha,
+                                None, "INCONCLUSIVE", "no general or safety evaluator to "
+                                                      "judge it on"))
+    order = {c.variant.key: i for i, c in enumerate(cells)}
+    return sorted(rows, key=lambda r: (order[r.variant_key], r.evaluator or ""))
 
 
 def gate_verdicts(rows: list[GateRow]) -> dict[tuple[str, str], tuple[str, str]]:
@@ -156,13 +169,13 @@ def read_gate(con: Any, suite: str) -> list[GateRow]:
 
 
 def record_gate(store: Store, suite: str, gate: GateSection,
-                variants: set[str] | None = None) -> list[GateRow]:
-    """The gate's decisions with the suite's ``[gate]`` settings on its current
-    ``variants``, kept in ``gate_decisions``."""
+                cells: Sequence[CellPlan]) -> list[GateRow]:
+    """The gate's decisions with the suite's ``[gate]`` settings on the plan's ``cells``,
+    kept in ``gate_decisions`` (the suite's earlier decisions replaced)."""
     if not store.path.exists():
         return []
     with store.read() as con:
-        rows = gate_decisions(con, suite, gate, variants)
+        rows = gate_decisions(con, suite, gate, cells)
     store.replace_suite_rows(GateRow, suite, rows)
     return rows
 
@@ -196,22 +209,28 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
             plan = tuned.get(variant_key)
             if plan is None:
                 continue
-            dataset = plan.tuner.data
+            # a variant trained on another has seen its ancestors' tuning data too
+            chain = _tuned_chain(plan)
+            files = [v.tuner.data for v in chain]
+            dataset = " + ".join(files)
+            data_hash = plan.data_hash if len(chain) == 1 else content_hash(
+                [v.data_hash for v in chain])
             head = [suite, model, variant, variant_key, evaluator, evaluator_key]
-            # what the findings depend on; variants tuned on the same file share them
-            inputs = [plan.data_hash, base_cell, settings.ngram, settings.min_overlap]
+            # what the findings depend on; variants tuned on the same files share them
+            inputs = [data_hash, base_cell, settings.ngram, settings.min_overlap]
             data_key = content_hash(["data", variant_key, *inputs])
-            if data_key not in done and Path(dataset).is_file():
+            if data_key not in done and all(Path(f).is_file() for f in files):
                 shared = content_hash(inputs)
                 if shared not in findings:
-                    if plan.data_hash not in indexes:
-                        indexes[plan.data_hash] = NgramIndex(read_tuning_texts(Path(dataset)))
+                    if data_hash not in indexes:
+                        indexes[data_hash] = NgramIndex(
+                            [row for f in files for row in read_tuning_texts(Path(f))])
                     items = [Item(index, item_id,
                                   item_text(prompt, target, json.loads(extra or "{}")))
                              for index, item_id, prompt, target, extra in con.execute(
                                  "SELECT item_index, item_id, prompt, target, extra FROM samples "
                                  "WHERE cell_key = ? ORDER BY item_index", [base_cell]).fetchall()]
-                    findings[shared] = data_side(items, indexes[plan.data_hash], settings.ngram,
+                    findings[shared] = data_side(items, indexes[data_hash], settings.ngram,
                                                  settings.min_overlap)
                 for finding in findings[shared]:
                     item = finding["item"]
@@ -240,3 +259,12 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
     if rows:
         store.write_contamination(replaced, rows)
     return len(rows)
+
+
+def _tuned_chain(variant: VariantPlan) -> list[VariantPlan]:
+    """The tuned variants from the first child of the base down to ``variant``."""
+    chain = []
+    while variant is not None and variant.tuner is not None:
+        chain.insert(0, variant)
+        variant = variant.parent
+    return chain

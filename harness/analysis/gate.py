@@ -241,9 +241,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> WelchTest | None:
 
     Needs at least 2 seeds a side, else returns None. With 3 seeds a side only large
     differences come out significant: a p above 0.05 is no evidence of "no difference".
-    When neither side varies at all (both sds 0) the test is degenerate and defined
-    here as: equal means give t = 0 and p = 1; different means give t = +-inf and
-    p = 0; df is then n1 + n2 - 2, the largest value the formula can take.
+    When neither side varies at all (both sds 0) there is no seed noise to compare with:
+    a few seeds that happen to agree (common on a small right/wrong evaluator) are no
+    evidence that seeds never disagree, so the test returns None (untestable).
     """
     import numpy as np
     from scipy.stats import ttest_ind
@@ -261,9 +261,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> WelchTest | None:
     sd_b = 0.0 if flat_b else float(xb.std(ddof=1))
     diff = mean_a - mean_b
     if sd_a == 0 and sd_b == 0:
-        t = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-        return WelchTest(n_a, n_b, mean_a, mean_b, sd_a, sd_b, diff, t, float(n_a + n_b - 2),
-                         1.0 if diff == 0 else 0.0)
+        return None
     va, vb = sd_a**2 / n_a, sd_b**2 / n_b
     df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
     with warnings.catch_warnings():

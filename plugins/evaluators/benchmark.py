@@ -244,8 +244,9 @@ class BenchmarkEvaluator(harness.Evaluator):
                     prompt=prompt,
                     target=None if target is None else str(target),
                     output=output_text,
-                    score=float(scores.get(item_score, next(iter(scores.values()))))
-                    if scores else None,
+                    # no per-item value of the primary metric (a corpus-level metric such
+                    # as BLEU): no score, so no paired test claims to judge that metric
+                    score=float(scores[item_score]) if item_score in scores else None,
                     logprobs=logprobs,
                     extra=extra,
                 ))

@@ -263,8 +263,11 @@ def _lineage(reader: _Reader, several_models: bool) -> Section | None:
                l.recipe_key, l.status
         FROM lineage l JOIN variants v USING (variant_key)
         WHERE l.suite = ?
+        -- the variant the leaderboard shows under this name (its newest scores), else the
+        -- newest one tuned (a variant whose tuning failed has no scores)
         QUALIFY row_number() OVER (PARTITION BY l.model, l.variant
-                                   ORDER BY v.created_at DESC) = 1
+            ORDER BY l.variant_key IN (SELECT variant_key FROM latest_scores) DESC,
+                     v.created_at DESC) = 1
         ORDER BY l.model, l.depth, l.variant""")
     replicates = Counter(r["recipe_key"] for r in rows if r["recipe_key"] is not None)
     if not any(r["depth"] > 1 or _swept(r["sweep"]) or replicates[r["recipe_key"]] > 1
@@ -370,8 +373,8 @@ def _forgetting(reader: _Reader, label: Any) -> Section:
         "Forgetting",
         "What tuning cost on the general and safety evaluators: each variant against its own "
         "base on the same items. The colour is the change relative to the base's value (red: "
-        "worse); each square reads the raw change, starred where the paired test (McNemar "
-        "for right/wrong items, a paired bootstrap otherwise) gives p < 0.05.")
+        "worse); each square reads the raw change, starred where the paired test (mid-p "
+        "McNemar for right/wrong items, a paired t-test otherwise) gives p < 0.05.")
     if not rows:
         section.text += " No tuned variant has been scored on a general evaluator yet."
         return section
