@@ -267,3 +267,17 @@ def test_a_version_5_store_gets_the_lineage_and_new_paired_tests(store):
                                    "WHERE table_name = 'variants' ORDER BY ordinal_position")
     assert [c for (c,) in columns][-7:] == ["parent_key", "root_key", "tuner", "recipe_key",
                                              "recipe", "seed", "sweep"]
+
+
+def test_a_changed_view_is_made_again_at_the_same_schema_version(store):
+    """A store whose views an earlier harness made (same schema version, other view text)
+    gets this harness's views when it is opened."""
+    import duckdb
+
+    con = duckdb.connect(str(store.path))
+    con.execute("CREATE OR REPLACE VIEW gate AS SELECT 1 AS stale")
+    con.execute("UPDATE meta SET value = 'older' WHERE key = 'views'")
+    con.close()
+    store.ensure_current()
+    columns, _ = query(store.path, "SELECT * FROM gate")
+    assert "stale" not in columns and "variant_decision" in columns

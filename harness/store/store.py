@@ -26,7 +26,7 @@ from harness.store.rows import (
     values,
 )
 from harness.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
-from harness.store.views import VIEW_NAMES, VIEWS
+from harness.store.views import VIEW_NAMES, VIEWS, VIEWS_HASH
 
 
 class Store:
@@ -84,20 +84,22 @@ class Store:
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                             [str(SCHEMA_VERSION)])
             con.execute(VIEWS)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('views', ?)", [VIEWS_HASH])
 
     def ensure_current(self) -> None:
         """Bring an existing store up to this harness: its schema version, and every view
         (a view added or changed by a newer harness is missing or stale in an older store
-        even at the same schema version). Reads only, when nothing is missing."""
+        even at the same schema version: the store records which views it holds). Reads
+        only, when nothing is missing."""
         if not self.path.exists():
             return
         with self.read() as con:
-            version = con.execute(
-                "SELECT max(value) FROM meta WHERE key = 'schema_version'").fetchone()[0] \
-                if "meta" in self._tables(con) else None
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) \
+                if "meta" in self._tables(con) else {}
             views = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-        if version != str(SCHEMA_VERSION) or not set(VIEW_NAMES) <= views:
+        if (meta.get("schema_version") != str(SCHEMA_VERSION) or meta.get("views") != VIEWS_HASH
+                or not set(VIEW_NAMES) <= views):
             self.initialise()
 
     # -- runs -------------------------------------------------------------------

@@ -6,6 +6,7 @@ change here needs no migration.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 VIEWS = """
@@ -221,3 +222,6 @@ ORDER BY g.suite, g.model, g.variant, g.evaluator;
 VIEW_NAMES = tuple(re.findall(r"CREATE OR REPLACE VIEW (\w+)", VIEWS))
 
 
+
+#: what a store records in ``meta`` ('views') to tell whether its views are these ones
+VIEWS_HASH = hashlib.sha256(VIEWS.encode()).hexdigest()[:16]
