@@ -4,6 +4,7 @@ lm-eval's model around it, and cutting a generation at its stop strings."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -83,7 +84,7 @@ class HFBackend(harness.Backend):
         merged weights, loaded beside the base; siblings on the same parent share them."""
         from peft import PeftModel
 
-        name = variant.key[:16]
+        name = _adapter_name(variant)
         held_path, peft = self._stacked or (None, None)
         if held_path != variant.base_path:
             peft = PeftModel.from_pretrained(self._load(variant.base_path), str(variant.path),
@@ -98,7 +99,7 @@ class HFBackend(harness.Backend):
     def _activate_adapter(self, variant: Variant) -> None:
         from peft import PeftModel
 
-        name = variant.key[:16]
+        name = _adapter_name(variant)
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self._base, str(variant.path), adapter_name=name)
             self._peft.eval()
@@ -292,6 +293,12 @@ class HFBackend(harness.Backend):
                 batch_size=self.options.batch_size, max_length=self.options.max_length,
             )
         return self._lm_eval[key]
+
+
+def _adapter_name(variant: Variant) -> str:
+    """The name peft keeps a variant's adapter under: the start of its key, with any
+    character a torch module name may not hold ("." among them) made "_"."""
+    return re.sub(r"\W", "_", variant.key[:16])
 
 
 def quiet_hflm() -> type:
