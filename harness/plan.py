@@ -37,13 +37,14 @@ def _variant(node: Node, model: ResolvedModel, base: VariantPlan,
     entry = node.recipe.entry
     parent = planned[id(node.parent)] if node.parent is not None else base
     tuner = replace(entry, options=node.point.options, raw_options=node.point.raw_options)
+    options = options_payload(tuner)
     payload = {
         "model": model.fingerprint, "model_name": model.name, "name": node.name,
-        "method": entry.kind, "options": options_payload(tuner), "data": tuner_data[entry.name],
+        "method": entry.kind, "options": options, "data": tuner_data[entry.name],
         "seed": node.seed, "harness": __version__,
     }
     recipe = {"model": model.fingerprint, "entry": entry.name, "method": entry.kind,
-              "options": options_payload(tuner), "data": tuner_data[entry.name]}
+              "options": options, "data": tuner_data[entry.name]}
     if node.parent is not None:
         payload["parent"] = parent.key
         recipe["parent"] = parent.recipe_key

@@ -40,7 +40,7 @@ from harness.store import RunRow, Store, lock_timeout_from_env, run_lock
 from harness.store.connection import now
 from harness.suite import Suite, load_suite
 from harness.version import __version__
-from harness.worker import run_unit
+from harness.worker import run_unit, weights_folder
 
 
 def run_suite(
@@ -114,9 +114,9 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
     record_paired_tests(store)
     # contamination findings for pairs not checked yet (new cells, or changed settings)
     record_contamination(store, suite.name, suite.contamination, plan.variants)
-    if store.path.exists():  # seed-level comparisons and the gate, on the plan's variants
-        record_recipe_tests(store, suite.name, plan.variants)
-        record_gate(store, suite.name, suite.gate, plan.cells)
+    # seed-level comparisons and the gate, on the plan's variants
+    record_recipe_tests(store, suite.name, plan.variants)
+    record_gate(store, suite.name, suite.gate, plan.cells)
     summary.seconds = time.perf_counter() - clock
 
     for reporter in suite.reporters:
@@ -141,8 +141,7 @@ def _variant_from_row(variant: VariantPlan, row: dict[str, Any],
         if ready_parent is None:
             return None
         if row["kind"] == "adapter":  # it applies to the parent's weights (merged if needed)
-            base_path = (ready_parent.path if ready_parent.kind == "weights"
-                         else ready_parent.path.parent / "merged")
+            base_path = weights_folder(ready_parent)
     return Variant(variant.name, variant.key, variant.model, row["kind"], path, variant.method,
                    base_path, parent.name if base_path is not None else None)
 

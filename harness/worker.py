@@ -75,14 +75,18 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def weights_folder(parent: Variant) -> Path:
+    """Where the weights a child of ``parent`` starts from live: a weights variant's own
+    folder, or beside an adapter variant's adapter, the adapter merged (``merged/``)."""
+    return parent.path if parent.kind == "weights" else parent.path.parent / "merged"
+
+
 def start_weights(parent: Variant) -> Path:
-    """The folder of the weights a child of ``parent`` starts from: a weights variant's own,
-    or an adapter variant merged into a copy of the weights it applies to (written once,
-    beside the adapter; the base itself is never touched)."""
-    if parent.kind == "weights":
-        return parent.path
-    merged = parent.path.parent / "merged"
-    if not (merged / "config.json").is_file():
+    """The folder of the weights a child of ``parent`` starts from, written now if it is
+    missing: an adapter variant merged into a copy of the weights it applies to (once; the
+    base itself is never touched)."""
+    merged = weights_folder(parent)
+    if parent.kind != "weights" and not (merged / "config.json").is_file():
         staging = merged.with_name("merged.partial")
         shutil.rmtree(staging, ignore_errors=True)
         merge_adapter(parent.base_path or parent.model.path, parent.path, staging,

@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.analysis.contamination import NgramIndex, data_side, outliers, read_tuning_texts
 from harness.analysis.items import Item, item_text
-from harness.analysis.gate import GateInput, decide, welch
+from harness.analysis.gate import GateInput, decide, variant_decisions, welch
 from harness.analysis.stats import paired_test
 from harness.keys import content_hash
 from harness.records import CellPlan, VariantPlan
@@ -140,22 +140,22 @@ def gate_decisions(con: Any, suite: str, gate: GateSection,
 
 
 def gate_verdicts(rows: list[GateRow]) -> dict[tuple[str, str], tuple[str, str]]:
-    """Each variant's decision, ``(model, variant) -> (decision, reason)``: NO-GO if any
-    evaluator is, GO if all are, else INCONCLUSIVE."""
+    """Each variant's decision, ``(model, variant) -> (decision, reason)``, by the gate's
+    one rule (:func:`harness.analysis.gate.variant_decisions`), with a reason naming the
+    evaluators that decided it."""
     verdicts = {}
-    for key in dict.fromkeys((r.model, r.variant) for r in rows):
+    for key, decision in variant_decisions(rows, key=lambda r: (r.model, r.variant)).items():
         own = [r for r in rows if (r.model, r.variant) == key]
-        decisions = {r.decision for r in own}
-        if "NO-GO" in decisions:
-            lost = ", ".join(r.evaluator for r in own if r.decision == "NO-GO")
-            verdicts[key] = ("NO-GO", f"significant loss above max_loss on {lost}")
-        elif decisions == {"GO"}:
-            verdicts[key] = ("GO", "no loss above max_loss on any evaluator")
-        elif all(r.evaluator is None for r in own):
-            verdicts[key] = ("INCONCLUSIVE", own[0].reason)
+        named = ", ".join(r.evaluator for r in own if r.decision == decision and r.evaluator)
+        if decision == "NO-GO":
+            reason = f"significant loss above max_loss on {named}"
+        elif decision == "GO":
+            reason = "no loss above max_loss on any evaluator"
+        elif not named:  # nothing to judge it on: the row says why
+            reason = own[0].reason
         else:
-            open_ = ", ".join(r.evaluator for r in own if r.decision == "INCONCLUSIVE")
-            verdicts[key] = ("INCONCLUSIVE", f"too few items to tell on {open_}")
+            reason = f"not shown to be within max_loss on {named}"
+        verdicts[key] = (decision, reason)
     return verdicts
 
 

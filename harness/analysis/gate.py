@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.analysis.stats import agresti_min
 
@@ -130,12 +131,14 @@ def decide(inputs: Sequence[GateInput], alpha: float = 0.05) -> list[GateDecisio
     return decisions
 
 
-def variant_decisions(decisions: Iterable[GateDecision]) -> dict[str, str]:
+def variant_decisions(decisions: Iterable[Any],
+                      key: Callable[[Any], Hashable] = lambda d: d.variant) -> dict[Any, str]:
     """One decision per variant over its evaluators: NO-GO if any evaluator says NO-GO,
-    GO if every one says GO, else INCONCLUSIVE. Variants keep their first-seen order."""
-    by_variant: dict[str, list[str]] = {}
+    GO if every one says GO, else INCONCLUSIVE. Variants keep their first-seen order;
+    ``key`` says which variant a decision is of (a stored row: its model and name)."""
+    by_variant: dict[Any, list[str]] = {}
     for d in decisions:
-        by_variant.setdefault(d.variant, []).append(d.decision)
+        by_variant.setdefault(key(d), []).append(d.decision)
     overall = {}
     for variant, found in by_variant.items():
         if NO_GO in found:
