@@ -16,6 +16,7 @@ from harness.contracts import (
     Options,
     Reporter,
     Reward,
+    Transform,
     Tuner,
     Unsupported,
     Work,
@@ -27,29 +28,34 @@ from harness.hookspecs import Register, hookimpl
 from harness.cache import cache_dir
 from harness.display import render_table
 from harness.loading import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-from harness.records import (
-    Alert,
+from harness.events import (
     CellFinished,
     CellOutcome,
-    CellPlan,
     CellStarted,
+    RunInfo,
+    RunSummary,
+    TuningFinished,
+    TuningStarted,
+    TuningStep,
+    VariantMade,
+)
+from harness.records import (
+    Alert,
+    CellPlan,
     EvalResult,
     EvaluatorSpec,
     Metric,
     ReportContext,
     ResolvedModel,
     Role,
-    RunInfo,
-    RunSummary,
     Sample,
     TokenMoments,
     TokenScores,
     TrainingRecord,
+    TransformJob,
+    TransformResult,
     TuneJob,
     TuneResult,
-    TuningFinished,
-    TuningStarted,
-    TuningStep,
     Unit,
     Variant,
     VariantPlan,
@@ -62,15 +68,17 @@ __all__ = [
     # the project
     "PROJECT_NAME", "__version__", "hookimpl", "Register",
     # contracts: one base class per component kind, and their options
-    "Backend", "Evaluator", "Executor", "ModelSource", "Reporter", "Reward", "Tuner",
+    "Backend", "Evaluator", "Executor", "ModelSource", "Reporter", "Reward", "Transform",
+    "Tuner",
     "Options", "NestedComponent", "Unsupported", "require_backend", "Work",
     # records a component receives or returns
-    "ResolvedModel", "Variant", "TuneJob", "TuneResult", "TrainingRecord", "EvaluatorSpec",
+    "ResolvedModel", "Variant", "TuneJob", "TuneResult", "TrainingRecord",
+    "TransformJob", "TransformResult", "EvaluatorSpec",
     "EvalResult", "Metric", "Sample", "Alert", "Role", "TokenScores", "TokenMoments",
     "ReportContext",
     # what lifecycle hooks and executors see, and how an executor reports a dead worker
     "CellPlan", "VariantPlan", "Unit", "CellOutcome", "CellStarted", "CellFinished",
-    "TuningStarted", "TuningStep", "TuningFinished", "RunInfo", "RunSummary", "fail_cells",
+    "TuningStarted", "TuningStep", "TuningFinished", "VariantMade", "RunInfo", "RunSummary", "fail_cells",
     # data files and errors
     "DataRow", "ItemId", "read_jsonl", "MAX_ROW_BYTES", "UserError", "DataError", "first_line",
     "validation_problems",

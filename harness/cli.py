@@ -63,10 +63,12 @@ def validate(suite: Path) -> None:
 
     loaded = load_suite(suite, PluginHost.load())
     variants = loaded.variants_per_model
-    cells = len(loaded.models) * variants * len(loaded.evaluators)
+    cells = len(loaded.models) * loaded.cells_per_model
+    makers = f"{len(loaded.tuners)} tuner(s)" + (
+        f" and {len(loaded.transforms)} transform(s)" if loaded.transforms else "")
     click.echo(
         f"{suite}: ok - {len(loaded.models)} model(s) x (base + {variants - 1} variant(s) from "
-        f"{len(loaded.tuners)} tuner(s)) x {len(loaded.evaluators)} evaluator(s) = {cells} "
+        f"{makers}) x {len(loaded.evaluators)} evaluator(s) = {cells} "
         f"cells; store {loaded.store_path}"
     )
 

@@ -28,6 +28,8 @@ from harness.records import (
     Role,
     TokenMoments,
     TokenScores,
+    TransformJob,
+    TransformResult,
     TuneJob,
     TuneResult,
     Unit,
@@ -94,8 +96,40 @@ class Tuner(_ReadsData, Component):
         ``harness validate``. Default: none."""
         return []
 
+    @classmethod
+    def planned_steps(cls, options: Any, rows: int) -> int | None:
+        """The optimiser steps ``tune`` will take with ``options`` on a data file of
+        ``rows`` rows; None when it does not train in steps it can count beforehand.
+
+        A tuner that gives a number keeps its state every ``job.save_every`` steps in
+        ``TuneResult.checkpoints``; the suite's ``eval_every`` is refused for one that
+        gives None. Default: None."""
+        return None
+
     @abstractmethod
     def tune(self, job: TuneJob) -> TuneResult: ...
+
+
+class Transform(Component):
+    """Makes variants of variants without training: interpolation, merges, quantisation.
+
+    A ``[[transforms]]`` entry applies it to each variant of the entries its ``of`` names,
+    once per output, or (``combines``) to all of those variants together, once per output.
+    """
+
+    #: True: one variant from all the source variants together (a merge)
+    combines: ClassVar[bool] = False
+
+    @classmethod
+    def outputs(cls, options: Any) -> list[str]:
+        """The variants made from each source (or each combination), by label; a label
+        ends the variant's name (``sft~interp0.5``). Default: one, labelled ``""``."""
+        return [""]
+
+    @abstractmethod
+    def apply(self, job: TransformJob) -> TransformResult:
+        """Write the new variant (a peft adapter or a weights folder) under
+        ``job.output_dir``."""
 
 
 class Evaluator(_ReadsData, Component):
@@ -236,6 +270,7 @@ BASES: dict[str, type] = {
     "executor": Executor,
     "model_source": ModelSource,
     "reward": Reward,
+    "transform": Transform,
 }
 
 
@@ -262,6 +297,8 @@ def check_component(kind: str, cls: Any) -> list[str]:
             isinstance(k, str) and isinstance(v, str) for k, v in packages.items()):
         problems.append(f"{cls.__qualname__}.needs_packages is not a dict of import name -> "
                         "install hint")
+    if kind == "transform" and not isinstance(cls.combines, bool):
+        problems.append(f"{cls.__qualname__}.combines is not a bool")
     role = getattr(cls, "default_role", "general")
     if role not in ROLES:
         problems.append(f"{cls.__qualname__}.default_role {role!r} is not one of "

@@ -24,7 +24,8 @@ import pluggy
 from harness.version import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from harness.records import Alert, CellOutcome, CellPlan, RunInfo, RunSummary
+    from harness.events import CellOutcome, RunInfo, RunSummary
+    from harness.records import Alert, CellPlan
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -100,6 +101,16 @@ def harness_register_rewards(register: Register) -> None:
     """
 
 
+@hookspec
+def harness_register_transforms(register: Register) -> None:
+    """Register transforms that make variants of variants without training
+    (interpolation, merges, quantisation).
+
+    :param register: call with a name (used as ``kind`` in ``[[transforms]]``) and a
+        subclass of :class:`harness.Transform`.
+    """
+
+
 # -- lifecycle ------------------------------------------------------------------
 
 
@@ -156,4 +167,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "executor": "harness_register_executors",
     "model_source": "harness_register_model_sources",
     "reward": "harness_register_rewards",
+    "transform": "harness_register_transforms",
 }

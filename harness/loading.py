@@ -27,13 +27,17 @@ def pick_dtype(name: str, device: str) -> Any:
 
 
 def load_causal_lm(path: Any, *, device: str, dtype: Any, trust_remote_code: bool) -> Any:
-    """A causal LM from safetensors only, on ``device``, in evaluation mode."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from safetensors only, on ``device``, in evaluation mode. A folder saved
+    quantised (bitsandbytes, its ``quantization_config`` in config.json) loads quantised,
+    placed on ``device`` as it loads: such a model cannot be moved afterwards."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    placed = {"device_map": {"": device}} if getattr(config, "quantization_config", None) else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **placed
     )
-    return model.to(device).eval()
+    return (model if placed else model.to(device)).eval()
 
 
 def load_tokenizer(path: Any, *, trust_remote_code: bool) -> Any:

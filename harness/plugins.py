@@ -32,7 +32,8 @@ from pydantic import ValidationError
 
 from harness import hookspecs, registry
 from harness.errors import UserError, validation_problems
-from harness.records import Alert, CellOutcome, CellPlan, RunInfo, RunSummary
+from harness.events import CellOutcome, RunInfo, RunSummary
+from harness.records import Alert, CellPlan
 from harness.registry import COMPONENT_KINDS, Registration, Registry
 from harness.version import PROJECT_NAME, __version__
 
@@ -54,6 +55,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "harness_plugins.tuners.orpo",
     "harness_plugins.tuners.ppo",
     "harness_plugins.tuners.grpo",
+    "harness_plugins.transforms.interpolate",
+    "harness_plugins.transforms.merge",
+    "harness_plugins.transforms.quantize",
     "harness_plugins.rewards.rules",
     "harness_plugins.rewards.reward_model",
     "harness_plugins.evaluators.perplexity",

@@ -10,15 +10,16 @@ from rich.progress import Progress
 
 from harness.plan import options_payload
 from harness.plugins import PluginHost
-from harness.records import (
+from harness.events import (
     CellFinished,
     CellOutcome,
-    CellPlan,
     CellStarted,
     TuningFinished,
     TuningStarted,
     TuningStep,
+    VariantMade,
 )
+from harness.records import CellPlan
 from harness.store import CellRow, Store, VariantRow
 
 
@@ -40,8 +41,9 @@ class Recorder:
         elif isinstance(event, CellFinished):
             self._record_cell(event.cell, event.outcome)
         elif isinstance(event, TuningStarted):
+            verb = "making" if event.variant.origin == "transformed" else "tuning"
             self.tuning_tasks[event.variant.key] = self.progress.add_task(
-                f"[magenta]tuning {event.variant.model.name}/{event.variant.name}", total=None
+                f"[magenta]{verb} {event.variant.model.name}/{event.variant.name}", total=None
             )
         elif isinstance(event, TuningStep):
             task = self.tuning_tasks.get(event.variant.key)
@@ -49,30 +51,42 @@ class Recorder:
                 self.progress.update(task, completed=event.step, total=event.total,
                                      description=f"[magenta]tuning {event.variant.name} "
                                                  f"loss {event.loss:.3f}")
-        elif isinstance(event, TuningFinished):
+        elif isinstance(event, (TuningFinished, VariantMade)):
             task = self.tuning_tasks.pop(event.variant.key, None)
             if task is not None:
                 self.progress.remove_task(task)
             self._record_variant(event)
 
-    def _record_variant(self, event: TuningFinished) -> None:
+    def _record_variant(self, event: TuningFinished | VariantMade) -> None:
         variant = event.variant
+        component = variant.transform or variant.tuner
+        options = options_payload(component)
+        parent = variant.parent if variant.parent and not variant.parent.is_base else None
+        recipe = {"tuner": component.name, "method": variant.method, "options": options,
+                  "data": component.data, "from": parent.entry if parent else None}
+        if variant.origin == "checkpoint":
+            recipe["step"] = variant.step
+        elif variant.origin == "transformed":
+            recipe = {"transform": component.name, "kind": component.kind, "options": options,
+                      "output": variant.output, "of": [s.name for s in variant.sources]}
         row = VariantRow(
             variant_key=variant.key, suite=self.suite, model_name=variant.model.name,
             model_key=variant.model.fingerprint, name=variant.name, method=variant.method,
-            config=json.dumps(options_payload(variant.tuner), sort_keys=True),
-            data_path=variant.tuner.data, data_hash=variant.data_hash, run_id=self.run_id,
+            config=json.dumps(options, sort_keys=True), data_path=component.data,
+            data_hash=variant.data_hash, run_id=self.run_id,
             parent_key=variant.parent.key if variant.parent else None,
-            root_key=variant.root.key, tuner=variant.tuner.name,
+            root_key=variant.root.key, tuner=component.name,
             recipe_key=variant.recipe_key, seed=variant.seed,
-            recipe=json.dumps({
-                "tuner": variant.tuner.name, "method": variant.method,
-                "options": options_payload(variant.tuner), "data": variant.tuner.data,
-                "from": variant.parent.tuner.name if variant.parent and variant.parent.tuner
-                else None}, sort_keys=True),
+            recipe=json.dumps(recipe, sort_keys=True),
             sweep=json.dumps(variant.sweep, sort_keys=True) if variant.sweep else None,
+            origin=variant.origin, step=variant.step,
+            sources=json.dumps([s.key for s in variant.sources]) if variant.sources else None,
         )
-        if event.result is None:
+        if isinstance(event, VariantMade):
+            row.kind, row.path, row.seconds = event.kind, str(event.path), event.seconds
+            if variant.origin == "checkpoint":
+                row.steps = variant.step
+        elif event.result is None:
             row.status, row.error = "failed", event.error
         else:
             record = event.result.record

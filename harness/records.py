@@ -86,6 +86,10 @@ class TuneJob:
     rewards: dict[str, Any] = field(default_factory=dict)
     #: the variant whose weights ``model.path`` holds, when it is not the root base
     parent: str | None = None
+    #: keep the state every this many steps (the suite's ``eval_every``) in
+    #: ``TuneResult.checkpoints``; None: keep none. Set only for a tuner whose
+    #: ``planned_steps`` gives a number.
+    save_every: int | None = None
 
 
 @dataclass
@@ -93,6 +97,28 @@ class TuneResult:
     kind: Literal["adapter", "weights"]
     path: Path
     record: TrainingRecord
+    #: step -> the state kept then (same kind as ``path``), inside the job's output folder
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+
+
+@dataclass
+class TransformJob:
+    """Everything a transform needs: the ready variants it makes a new one of."""
+
+    model: ResolvedModel  # the root base
+    sources: list[Variant]  # one, or all of them for a transform that combines
+    #: the weights the sources were made from (an adapter source applies to them): the
+    #: base's folder, or a parent variant's (merged) weights
+    parent_weights: Path
+    output: str  # which of the transform's outputs (``Transform.outputs``) to make
+    output_dir: Path
+    seed: int
+
+
+@dataclass
+class TransformResult:
+    kind: Literal["adapter", "weights"]
+    path: Path  # inside the job's output folder
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -209,9 +235,15 @@ class ResolvedComponent:
     role: str | None = None
 
 
+#: how a variant came to be: the base itself, a tuner's final state, one of its
+#: intermediate states, or a transform of other variants
+Origin = Literal["base", "tuned", "checkpoint", "transformed"]
+
+
 @dataclass(frozen=True)
 class VariantPlan:
-    """The base, or a tuner applied to its parent (the base, or another tuner's variant)."""
+    """The base, a tuner applied to its parent (the base, or another variant), a tuner's
+    checkpoint, or a transform of other variants."""
 
     name: str
     key: str
@@ -224,10 +256,28 @@ class VariantPlan:
     seed: int | None = None
     sweep: dict[str, Any] = field(default_factory=dict)  # the swept options' values
     recipe_key: str | None = None  # what seed replicates share: entry, options, parent's recipe
+    origin: Origin = "tuned"
+    save_every: int | None = None  # a tuned variant's checkpoint interval
+    step: int | None = None  # a checkpoint's step
+    #: a checkpoint's final variant, or the variants a transform is made of
+    sources: tuple[VariantPlan, ...] = ()
+    transform: ResolvedComponent | None = None
+    output: str = ""  # which of the transform's outputs
 
     @property
     def method(self) -> str | None:
-        return self.tuner.kind if self.tuner else None
+        component = self.transform or self.tuner
+        return component.kind if component else None
+
+    @property
+    def entry(self) -> str | None:
+        """The suite entry (tuner or transform) that makes it; None for the base."""
+        component = self.transform or self.tuner
+        return component.name if component else None
+
+    @property
+    def is_base(self) -> bool:
+        return self.origin == "base"
 
     @property
     def root(self) -> VariantPlan:
@@ -270,81 +320,3 @@ class Unit:
     cells: list[CellPlan]
     backend_class: Any
     backend_options: Any
-
-
-# -- events a worker emits and the driver records ---------------------------------------------
-
-
-@dataclass
-class CellOutcome:
-    status: str  # "done" or "failed"
-    metrics: list[Metric] = field(default_factory=list)
-    result: EvalResult | None = None
-    error: str | None = None
-    traceback: str | None = None
-    seconds: float = 0.0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    #: how the backend served the variant (``path``: ``cells.backend_path``; the rest goes
-    #: to ``cells.info`` under ``backend``), from the backend's ``route()``
-    route: dict[str, Any] | None = None
-
-
-@dataclass
-class CellStarted:
-    cell: CellPlan
-
-
-@dataclass
-class CellFinished:
-    cell: CellPlan
-    outcome: CellOutcome
-
-
-@dataclass
-class TuningStarted:
-    variant: VariantPlan
-    total_steps: int | None = None
-
-
-@dataclass
-class TuningStep:
-    variant: VariantPlan
-    step: int
-    total: int
-    loss: float
-
-
-@dataclass
-class TuningFinished:
-    variant: VariantPlan
-    result: TuneResult | None
-    error: str | None = None
-    traceback: str | None = None
-
-
-#: what ``emit`` receives from a worker
-Event = CellStarted | CellFinished | TuningStarted | TuningStep | TuningFinished
-
-
-# -- a run --------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunInfo:
-    run_id: str
-    suite: str
-    store_path: Path
-    cells: list[CellPlan]
-    pending: list[CellPlan]
-
-
-@dataclass
-class RunSummary:
-    planned: int
-    cached: int
-    done: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    run_id: str | None = None
-    store_path: Path | None = None

@@ -25,13 +25,12 @@ from harness.models import resolve_evaluator_models, resolve_model
 from harness.plan import make_plan
 from harness.plugins import PluginHost
 from harness.recorder import Recorder
+from harness.events import RunInfo, RunSummary
 from harness.records import (
     CellPlan,
     Plan,
     ReportContext,
     ResolvedModel,
-    RunInfo,
-    RunSummary,
     Unit,
     Variant,
     VariantPlan,
@@ -136,7 +135,7 @@ def _variant_from_row(variant: VariantPlan, row: dict[str, Any],
     if path is None or not path.exists():
         return None
     parent, base_path = variant.parent, None
-    if parent is not None and parent.tuner is not None:  # trained on another variant
+    if parent is not None and not parent.is_base:  # made of another variant
         ready_parent = trained.get(parent.key)
         if ready_parent is None:
             return None
@@ -147,12 +146,16 @@ def _variant_from_row(variant: VariantPlan, row: dict[str, Any],
 
 
 def _with_ancestors(variants: list[VariantPlan], all_variants: list[VariantPlan]) -> list[VariantPlan]:
-    """``variants`` and the tuned variants they descend from, in plan order (parents first)."""
-    keys = set()
-    for variant in variants:
-        while variant is not None and variant.key not in keys:
+    """``variants`` and the variants they are made of (parents, a checkpoint's tuning run,
+    a transform's sources), in plan order (parents first)."""
+    keys: set[str] = set()
+    todo = list(variants)
+    while todo:
+        variant = todo.pop()
+        if variant.key not in keys:
             keys.add(variant.key)
-            variant = variant.parent
+            todo.extend([variant.parent] if variant.parent is not None else [])
+            todo.extend(variant.sources)
     return [v for v in all_variants if v.key in keys]
 
 
@@ -167,7 +170,7 @@ def _units(suite: Suite, plan: Plan, pending: list[CellPlan], store: Store) -> l
                                  of_model)
         trained: dict[str, Variant] = {}
         for variant in needed:
-            if variant.tuner is None:
+            if variant.is_base:
                 trained[variant.key] = Variant("base", variant.key, model, "base")
                 continue
             row = store.trained_variant(variant.key)

@@ -8,8 +8,6 @@ field. Data paths are relative to the suite file, and so is the store.
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import UserError, first_line, validation_problems
+from harness.experiment import ExperimentResolver
 from harness.keys import NAMED_REFERENCE
-from harness.lineage import Recipe, SweepPoint, expand, find_cycle
+from harness.lineage import Recipe, TransformRecipe, expand
 from harness.plugins import PluginHost
 from harness.records import ResolvedComponent
 from harness.suite_file import (
@@ -52,11 +51,23 @@ class Suite:
     #: each tuner entry as a recipe (parent, sweep points, seeds), by entry name
     recipes: dict[str, Recipe] = field(default_factory=dict)
     gate: GateSection = field(default_factory=GateSection)
+    #: each transform entry, by name
+    transforms: dict[str, TransformRecipe] = field(default_factory=dict)
 
     @property
     def variants_per_model(self) -> int:
-        """The base and every tuned variant the suite makes of one model."""
-        return 1 + len(expand(self.recipes))
+        """The base and every variant the suite makes of one model (tuned, checkpoints,
+        transformed)."""
+        return 1 + len(expand(self.recipes, self.transforms))
+
+    @property
+    def cells_per_model(self) -> int:
+        """Variants x evaluators: checkpoints only by their ``checkpoint_evaluators``."""
+        count = len(self.evaluators)  # the base's
+        for node in expand(self.recipes, self.transforms):
+            chosen = node.recipe.checkpoint_evaluators if node.origin == "checkpoint" else None
+            count += len(chosen) if chosen else len(self.evaluators)
+        return count
 
     @property
     def base_dir(self) -> Path:
@@ -107,17 +118,26 @@ class _Resolver:
             message = unmet_requirement(requirement)
             if message:
                 self.problem("[suite]", "requires", message)
-        for table in ("models", "tuners", "evaluators"):
-            seen: dict[str, int] = {}
-            for index, entry in enumerate(getattr(parsed, table)):
-                if entry.name in seen:
-                    self.problem(f"{TABLE_LABEL[table]} #{index + 1} ({entry.name!r})", "name",
-                                 f"duplicate name, first used by entry #{seen[entry.name] + 1}")
-                seen.setdefault(entry.name, index)
+        for tables in (("models",), ("tuners", "transforms"), ("evaluators",)):
+            seen: dict[str, str] = {}  # tuners and transforms share one namespace (`of`)
+            for table in tables:
+                for index, entry in enumerate(getattr(parsed, table)):
+                    here = f"{TABLE_LABEL[table]} #{index + 1}"
+                    if entry.name in seen:
+                        self.problem(f"{here} ({entry.name!r})", "name",
+                                     f"duplicate name, first used by {seen[entry.name]}")
+                    seen.setdefault(entry.name, here)
 
         tuners = self.entries(parsed, "tuners", "tuner", "method")
-        recipes = self.recipes(parsed, tuners)
         evaluators = self.entries(parsed, "evaluators", "evaluator", "kind")
+        experiment = ExperimentResolver(parsed, self.problem)
+        recipes = experiment.recipes(tuners, [e.name for e in evaluators])
+        transforms = experiment.transforms(
+            [self.choice("transform", entry.kind, entry.options,
+                         f"[[transforms]] #{index + 1} ({entry.name!r})", "kind", entry.name)
+             for index, entry in enumerate(parsed.transforms)], recipes)
+        if not self.problems and (recipes or transforms):
+            experiment.check_names(recipes, transforms)
         self.check_gate(parsed.gate, evaluators)
         for index, entry in enumerate(parsed.models):
             if NAMED_REFERENCE.match(entry.source):
@@ -137,88 +157,8 @@ class _Resolver:
             models=parsed.models, tuners=tuners, evaluators=evaluators,
             backend=chosen["backend"], executor=chosen["executor"], reporters=reporters,
             contamination=parsed.contamination, rewards=self.host.classes("reward"),
-            recipes=recipes, gate=parsed.gate,
+            recipes=recipes, gate=parsed.gate, transforms=transforms,
         )
-
-    def recipes(self, parsed: SuiteFile, tuners: list[ResolvedComponent]) -> dict[str, Recipe]:
-        """Each tuner entry's parent, sweep points and seeds, checked: ``from`` names an
-        entry and makes no cycle; every swept option exists and takes every value."""
-        parents = {entry.name: entry.from_ for entry in parsed.tuners}
-        labels = {entry.name: f"[[tuners]] #{index + 1} ({entry.name!r})"
-                  for index, entry in enumerate(parsed.tuners)}
-        for name, parent in parents.items():
-            if parent is not None and parent not in parents:
-                known = ", ".join(repr(n) for n in parents if n != name) or "none"
-                self.problem(labels[name], "from", f"no tuner entry is named {parent!r} "
-                                                   f"(tuner entries: {known})")
-        cycle = find_cycle({n: p if p in parents else None for n, p in parents.items()})
-        if cycle:
-            self.problem(labels[cycle[0]], "from",
-                         "'from' makes a cycle: " + " -> ".join(repr(n) for n in cycle))
-        recipes = {}
-        for entry, tuner in zip(parsed.tuners, tuners):
-            points = self.sweep_points(entry.sweep, tuner, labels[entry.name])
-            seeds = tuple(entry.seeds) if entry.seeds else (parsed.suite.seed,)
-            recipes[entry.name] = Recipe(tuner, entry.from_, seeds, tuple(points))
-        if not self.problems and recipes:
-            self.check_names(recipes, labels)
-        return recipes
-
-    def sweep_points(self, sweep: dict[str, list[Any]], tuner: ResolvedComponent,
-                     label: str) -> list[SweepPoint]:
-        """The cartesian product of the swept values, each point's options validated."""
-        if tuner.cls is None or tuner.options is None:
-            return []
-        if not sweep:
-            return [SweepPoint({}, tuner.options, tuner.raw_options)]
-        known = tuner.cls.Options.model_fields
-        fine = True
-        for option, choices in sweep.items():
-            if option not in known:
-                self.problem(label, f"sweep.{option}", f"the tuner {tuner.kind!r} has no option "
-                                                       f"{option!r} (options: {', '.join(known)})")
-                fine = False
-            elif option in tuner.raw_options:
-                self.problem(label, f"sweep.{option}", "set in 'options' and swept; keep one")
-                fine = False
-        if not fine:
-            return []
-        points, said = [], set()
-        for combination in itertools.product(*sweep.values()):
-            values = dict(zip(sweep, combination))
-            raw = {**tuner.raw_options, **values}
-            try:
-                points.append(SweepPoint(values, tuner.cls.Options.model_validate(raw), raw))
-            except ValidationError as exc:
-                # a bad value is named once, however many points hold it; a problem of the
-                # combination (one option's validator reading another) names the point
-                for error, (dotted, message) in zip(exc.errors(),
-                                                    validation_problems(exc, "sweep")):
-                    field = str(error["loc"][0]) if error["loc"] else None
-                    if field in values:
-                        line = (f"sweep.{field}", f"{message} (swept value {values[field]!r})")
-                    else:
-                        point = ", ".join(f"{k}={v!r}" for k, v in values.items())
-                        line = (dotted, f"{message} (sweep point {point})")
-                    if line not in said:
-                        said.add(line)
-                        self.problem(label, *line)
-        return points if len(points) == math.prod(len(v) for v in sweep.values()) else []
-
-    def check_names(self, recipes: dict[str, Recipe], labels: dict[str, str]) -> None:
-        """Every variant name unique: swept values that read the same, or an entry named
-        like another's sweep point, would make two variants of one name."""
-        seen: dict[str, str] = {}
-        reported: set[str] = set()  # one line per entry, however many names clash
-        for node in expand(recipes):
-            entry, name = node.recipe.entry.name, node.name
-            if name in seen and entry not in reported:
-                reported.add(entry)
-                other = seen[name]
-                self.problem(labels[entry], "name", f"makes a variant named {name!r} twice "
-                             "(swept values that read alike)" if other == entry else
-                             f"makes a variant named {name!r}, as entry {other!r} does")
-            seen.setdefault(name, entry)
 
     def check_gate(self, gate: GateSection, evaluators: list[ResolvedComponent]) -> None:
         """``[gate]`` names only general and safety evaluators of this suite."""
@@ -257,10 +197,10 @@ class _Resolver:
             return None
 
     def choice(self, kind: str, name: str, values: dict[str, Any], label: str,
-               field: str) -> ResolvedComponent:
+               field: str, entry: str | None = None) -> ResolvedComponent:
         cls = self.component(kind, name, label, field)
         opts = self.options(cls, values, label) if cls is not None else None
-        return ResolvedComponent(name, name, cls, opts, values)
+        return ResolvedComponent(entry or name, name, cls, opts, values)
 
     def data_path(self, value: str, label: str) -> str:
         if NAMED_REFERENCE.match(value):

@@ -48,6 +48,10 @@ class TunerEntry(_Table):
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(default=None, min_length=1)
     #: option name -> values: one variant per combination (cartesian product)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    #: keep the state every N steps; each becomes a variant ``<name>@step<k>``
+    eval_every: int | None = Field(default=None, gt=0)
+    #: evaluate the checkpoints with these evaluators only; default: all of them
+    checkpoint_evaluators: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("sweep")
     @classmethod
@@ -68,6 +72,29 @@ class TunerEntry(_Table):
         if repeated:
             raise ValueError(f"seed {repeated[0]} is listed twice; a replicate needs its own seed")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_base(cls, value: str) -> str:
+        if value == "base":
+            raise ValueError("'base' is reserved for the untouched model")
+        return value
+
+
+class TransformEntry(_Table):
+    """``[[transforms]]``: variants made of variants without training."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str = Field(min_length=1)
+    #: tuner or transform entries (each of their variants is used), or a checkpoint of a
+    #: tuner entry's variants as ``entry@step<k>``
+    of: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+    @field_validator("of", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("name")
     @classmethod
@@ -133,6 +160,7 @@ class SuiteFile(_Table):
     suite: SuiteSection
     models: list[ModelEntry] = Field(min_length=1)
     tuners: list[TunerEntry] = []
+    transforms: list[TransformEntry] = []
     evaluators: list[EvaluatorEntry] = Field(min_length=1)
     backend: ComponentChoice = ComponentChoice(kind="hf")
     executor: ComponentChoice = ComponentChoice(kind="local")
@@ -144,6 +172,7 @@ TABLE_LABEL = {
     "suite": "[suite]",
     "models": "[[models]]",
     "tuners": "[[tuners]]",
+    "transforms": "[[transforms]]",
     "evaluators": "[[evaluators]]",
     "backend": "[backend]",
     "executor": "[executor]",

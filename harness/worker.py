@@ -16,21 +16,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.contracts import Backend
-from harness.loading import merge_adapter
-from harness.records import (
+from harness.events import (
     CellFinished,
     CellOutcome,
-    CellPlan,
     CellStarted,
-    EvalResult,
-    EvaluatorSpec,
     Event,
-    Sample,
-    TuneJob,
-    TuneResult,
     TuningFinished,
     TuningStarted,
     TuningStep,
+    VariantMade,
+)
+from harness.loading import merge_adapter
+from harness.records import (
+    CellPlan,
+    EvalResult,
+    EvaluatorSpec,
+    Sample,
+    TransformJob,
+    TransformResult,
+    TuneJob,
+    TuneResult,
     Unit,
     Variant,
     VariantPlan,
@@ -96,8 +101,10 @@ def start_weights(parent: Variant) -> Path:
     return merged
 
 
-def _tune(variant: VariantPlan, emit: Emit, parent: Variant | None) -> Variant:
-    """Train ``variant`` on its parent: the base, or (``parent``) another variant's weights."""
+def _tune(variant: VariantPlan, emit: Emit, unit: Unit) -> Variant:
+    """Train ``variant`` on its parent (the base, or another variant's weights); the
+    checkpoints it keeps that the unit needs become ready variants too."""
+    parent = _parent(variant, unit)
     tuner = variant.tuner.cls(variant.tuner.options)
     final_dir = variant.output_dir
     # The staging folder is the variant's own (its key is in the name): a run that was
@@ -116,6 +123,7 @@ def _tune(variant: VariantPlan, emit: Emit, parent: Variant | None) -> Variant:
         output_dir=staging, seed=seed,
         on_step=lambda step, total, loss: emit(TuningStep(variant, step, total, loss)),
         rewards=variant.rewards, parent=parent.name if parent is not None else None,
+        save_every=variant.save_every,
     )
     try:
         result = tuner.tune(job)
@@ -125,11 +133,74 @@ def _tune(variant: VariantPlan, emit: Emit, parent: Variant | None) -> Variant:
     # Only a complete adapter or weights folder gets the final name.
     shutil.rmtree(final_dir, ignore_errors=True)
     staging.rename(final_dir)
-    result = TuneResult(result.kind, final_dir / result.path.relative_to(staging), result.record)
+    kept = {step: final_dir / path.relative_to(staging)
+            for step, path in result.checkpoints.items()}
+    result = TuneResult(result.kind, final_dir / result.path.relative_to(staging),
+                        result.record, kept)
     emit(TuningFinished(variant, result))
+    parent_name = parent.name if parent is not None else None
+    for checkpoint in unit.variants:
+        if checkpoint.origin == "checkpoint" and checkpoint.sources[0].key == variant.key:
+            if checkpoint.step in kept:
+                unit.trained[checkpoint.key] = Variant(
+                    checkpoint.name, checkpoint.key, variant.model, result.kind,
+                    kept[checkpoint.step], variant.method,
+                    base_path if result.kind == "adapter" else None, parent_name)
+                emit(VariantMade(checkpoint, result.kind, kept[checkpoint.step]))
     return Variant(variant.name, variant.key, variant.model, result.kind, result.path,
                    variant.method, base_path if result.kind == "adapter" else None,
-                   parent.name if parent is not None else None)
+                   parent_name)
+
+
+def _checkpoint(variant: VariantPlan, emit: Emit, unit: Unit, attempted: set[str]) -> Variant:
+    """A checkpoint comes from its tuning run: run again when the state it kept is gone
+    (deleted, or kept by a run of an older suite), once per unit."""
+    final = variant.sources[0]
+    if final.key not in attempted:
+        attempted.add(final.key)
+        unit.trained[final.key] = _tune(final, emit, unit)
+    elif final.key not in unit.trained:
+        raise RuntimeError(f"its tuning run {final.name!r} failed")
+    ready = unit.trained.get(variant.key)
+    if ready is None:
+        raise RuntimeError(f"tuning {final.name!r} kept no state at step {variant.step}")
+    return ready
+
+
+def _transform(variant: VariantPlan, emit: Emit, unit: Unit) -> Variant:
+    """Make a transformed variant of its ready sources."""
+    sources = []
+    for source in variant.sources:
+        if source.key not in unit.trained:
+            raise RuntimeError(f"its source {source.name!r} was not made")
+        sources.append(unit.trained[source.key])
+    parent = _parent(variant, unit)
+    parent_weights = start_weights(parent) if parent is not None else variant.model.path
+    transform = variant.transform.cls(variant.transform.options)
+    final_dir = variant.output_dir
+    staging = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    emit(TuningStarted(variant))
+    clock = time.perf_counter()
+    seed = variant.seed if variant.seed is not None else 0
+    _seed_everything(seed)  # DARE's random pruning, for one
+    try:
+        result = transform.apply(TransformJob(variant.model, sources, parent_weights,
+                                              variant.output, staging, seed))
+        if not isinstance(result, TransformResult) or result.kind not in ("adapter", "weights"):
+            raise TypeError(f"transform {variant.method!r} returned {result!r}, expected a "
+                            "TransformResult of kind 'adapter' or 'weights'")
+        path = final_dir / result.path.relative_to(staging)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(final_dir, ignore_errors=True)
+    staging.rename(final_dir)
+    emit(VariantMade(variant, result.kind, path, time.perf_counter() - clock))
+    adapter_base = sources[0].base_path if result.kind == "adapter" else None
+    return Variant(variant.name, variant.key, variant.model, result.kind, path,
+                   variant.method, adapter_base, parent.name if parent is not None else None)
 
 
 def _evaluate(cell: CellPlan, backend: Backend) -> CellOutcome:
@@ -185,9 +256,9 @@ def fail_cells(cells: list[CellPlan], error: str, tb: str | None, emit: Emit) ->
 
 
 def _parent(variant: VariantPlan, unit: Unit) -> Variant | None:
-    """The ready parent of a variant trained with ``from``; None for a child of the base."""
+    """The ready parent of a variant made of another; None for a child of the base."""
     parent = variant.parent
-    if parent is None or parent.tuner is None:
+    if parent is None or parent.is_base:
         return None
     ready = unit.trained.get(parent.key)
     if ready is None:
@@ -199,15 +270,23 @@ def run_unit(unit: Unit, emit: Emit) -> None:
     """Tune what is missing, then evaluate every pending cell of one base model."""
     _quiet_libraries()
     backend = None
+    attempted: set[str] = set()  # tuning runs started in this unit
     try:
         for index, variant in enumerate(unit.variants):
             cells = [c for c in unit.cells if c.variant.key == variant.key]
             ready = unit.trained.get(variant.key)
             if ready is None:
                 try:
-                    ready = _tune(variant, emit, _parent(variant, unit))
+                    if variant.origin == "checkpoint":
+                        ready = _checkpoint(variant, emit, unit, attempted)
+                    elif variant.origin == "transformed":
+                        ready = _transform(variant, emit, unit)
+                    else:
+                        attempted.add(variant.key)
+                        ready = _tune(variant, emit, unit)
                 except Exception as exc:
-                    error = f"tuning {variant.name!r} failed: {type(exc).__name__}: {exc}"
+                    verb = "making" if variant.origin == "transformed" else "tuning"
+                    error = f"{verb} {variant.name!r} failed: {type(exc).__name__}: {exc}"
                     tb = traceback.format_exc()
                     emit(TuningFinished(variant, None, error, tb))
                     fail_cells(cells, error, tb, emit)

@@ -41,7 +41,7 @@ SUITES = {
     "missing data": (lambda t: t.replace("data/mc.jsonl", "data/nope.jsonl"),
                      "field 'data': no such file or folder: data/nope.jsonl"),
     "duplicate names": (lambda t: t.replace('name = "text"', 'name = "mc"'),
-                        "field 'name': duplicate name, first used by entry #1"),
+                        "field 'name': duplicate name, first used by [[evaluators]] #1"),
     "no models": (lambda t: t.replace('[[models]]\nname = "tiny"\nsource = "builtin:tiny-random"\n',
                                       ""), "[[models]]: at least one [[models]] entry is required"),
     "no evaluators": (lambda t: t.split("[[evaluators]]")[0] + '[backend]\nkind = "hf"\n',

@@ -26,7 +26,7 @@ import harness.runner as runner
 import harness.store as store
 import harness.worker as worker
 from harness.plugins import PluginHost
-from harness.records import TuningStep
+from harness.events import TuningStep
 
 suite, where = sys.argv[1], sys.argv[2]
 kind, n = where.split(":")

@@ -234,7 +234,7 @@ def test_unknown_hooks_are_checked_for_plugins_given_directly_too():
 def test_every_builtin_plugin_loads_and_satisfies_its_contracts():
     host = PluginHost.load(entry_points=False, strict=True)
     assert [i.name for i in host.plugins() if i.error] == []
-    assert sum(len(names) for names in host.registry().values()) == 26
+    assert sum(len(names) for names in host.registry().values()) == 29
 
 
 def test_the_cli_builds_reporters_by_name_with_checked_options():

@@ -107,7 +107,7 @@ def test_semantic_problems_are_collected_together(tmp_path, host):
         load_suite(path, host)
     lines = info.value.lines
     assert len(lines) == 3
-    assert "[[evaluators]] #2 ('mc') field 'name': duplicate name, first used by entry #1" in lines[0]
+    assert "[[evaluators]] #2 ('mc') field 'name': duplicate name, first used by [[evaluators]] #1" in lines[0]
     assert "field 'data': data file is empty: data/empty.jsonl" in lines[1]
     assert "[backend] field 'kind': unknown backend 'gpu-magic'; known: hf" in lines[2]
 

@@ -1,6 +1,6 @@
-"""`harness run` with the vLLM backend: K LoRA variants of one base on one engine start,
-the same metrics as the hf backend, the path of every cell in the store, and a planted
-adapter mismatch failing only that variant's cells."""
+"""`harness run` with the vLLM backend: K LoRA variants of one base on one engine start
+(a checkpoint and a merge among them), the same metrics as the hf backend, the path of
+every cell in the store, and a planted adapter mismatch failing only that variant's cells."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ data = "data/sft.jsonl"
 options = {{ r = 8, alpha = 16, steps = 2, lr = {lr}, batch_size = 4, max_length = 48 }}
 """ for name, method, lr in [("lora-1", "lora", "5e-3"), ("lora-2", "lora", "1e-2"),
                               ("lora-3", "lora", "2e-2"), ("dora", "dora", "1e-2")])
+
+
+# lora-1 keeps its state after step 1 (a checkpoint variant), and a linear merge of lora-1
+# and lora-2 is one more LoRA adapter: both go to the engine as LoRA requests
+EXPERIMENT = TUNERS.replace("lr = 5e-3, batch_size = 4, max_length = 48 }",
+                            "lr = 5e-3, batch_size = 4, max_length = 48 }\neval_every = 1") + """
+[[transforms]]
+name = "merge"
+kind = "merge"
+of = ["lora-1", "lora-2"]
+options = { combination_type = "linear", weights = [0.5, 0.5] }
+"""
 
 
 def _suite(model_path, backend: str, tuners: str = TUNERS) -> str:
@@ -73,20 +85,21 @@ def data(tmp_path):
 
 
 def test_k_lora_variants_on_one_engine_match_the_hf_backend(run_harness, smollm2, data):
-    first = run_harness(_suite(smollm2.path, "vllm"))
-    assert (first.summary.done, first.summary.failed) == (15, 0)
+    first = run_harness(_suite(smollm2.path, "vllm", EXPERIMENT))
+    assert (first.summary.done, first.summary.failed) == (21, 0)
     rows = first.query("SELECT variant_name, backend_path, info->>'$.backend.engine', "
                        "info->>'$.backend.reason' FROM cells WHERE backend = 'vllm' "
                        "ORDER BY variant_name, evaluator")
     paths = {variant: path for variant, path, _, _ in rows}
     assert paths == {"base": "vllm", "lora-1": "vllm-lora", "lora-2": "vllm-lora",
-                     "lora-3": "vllm-lora", "dora": "hf"}
-    assert len({engine for _, _, engine, _ in rows}) == 1  # one engine start for all five
+                     "lora-3": "vllm-lora", "dora": "hf", "lora-1@step1": "vllm-lora",
+                     "merge(lora-1,lora-2)": "vllm-lora"}
+    assert len({engine for _, _, engine, _ in rows}) == 1  # one engine start for all seven
     assert all("DoRA" in reason for variant, _, _, reason in rows if variant == "dora")
 
     # The same suite on the hf backend, in the same store: tuned variants are reused.
-    second = run_harness(_suite(smollm2.path, "hf"))
-    assert (second.summary.done, second.summary.failed) == (15, 0)
+    second = run_harness(_suite(smollm2.path, "hf", EXPERIMENT))
+    assert (second.summary.done, second.summary.failed) == (21, 0)
     pairs = second.query("""
         SELECT v.variant_name, v.evaluator, m.metric, m.value, hm.value
         FROM cells v JOIN metrics m USING (cell_key)
@@ -94,7 +107,7 @@ def test_k_lora_variants_on_one_engine_match_the_hf_backend(run_harness, smollm2
              AND h.backend = 'hf'
         JOIN metrics hm ON hm.cell_key = h.cell_key AND hm.metric = m.metric
         WHERE v.backend = 'vllm'""")
-    assert len(pairs) >= 15 * 2
+    assert len(pairs) >= 21 * 2
     for variant, evaluator, metric, on_vllm, on_hf in pairs:
         assert on_vllm == pytest.approx(on_hf, rel=1e-4, abs=1e-6), (variant, evaluator, metric)
     outputs = second.query("""
@@ -104,7 +117,7 @@ def test_k_lora_variants_on_one_engine_match_the_hf_backend(run_harness, smollm2
              AND h.backend = 'hf'
         JOIN samples hs ON hs.cell_key = h.cell_key AND hs.item_index = vs.item_index
         WHERE v.backend = 'vllm' AND v.evaluator = 'qa'""")
-    assert outputs[0][0] == 15 and outputs[0][0] == outputs[0][1]  # the same generated text
+    assert outputs[0][0] == 21 and outputs[0][0] == outputs[0][1]  # the same generated text
 
 
 def test_planted_mismatch_fails_only_that_variants_cells(run_harness, smollm2, data,

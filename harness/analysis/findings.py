@@ -94,8 +94,8 @@ def gate_decisions(con: Any, suite: str, gate: GateSection,
     scored (the cell failed, or has not run) is INCONCLUSIVE, and so is a variant with no
     evaluator to judge it on (one row without an evaluator)."""
     wanted = set(gate.evaluators) if gate.evaluators else None
-    base = {(c.model.name, c.evaluator.name): c.key for c in cells if c.variant.tuner is None}
-    judged = [c for c in cells if c.variant.tuner is not None
+    base = {(c.model.name, c.evaluator.name): c.key for c in cells if c.variant.is_base}
+    judged = [c for c in cells if not c.variant.is_base
               and c.evaluator.role in ("general", "safety")
               and (wanted is None or c.evaluator.name in wanted)]
     keys = [c.key for c in judged]
@@ -128,7 +128,7 @@ def gate_decisions(con: Any, suite: str, gate: GateSection,
                      d.reason)
              for (head, unit), d in zip(named, decide(inputs, gate.alpha))]
     seen = {(r.model, r.variant_key) for r in rows}
-    tuned = {(c.model.name, c.variant.key): c.variant for c in cells if c.variant.tuner}
+    tuned = {(c.model.name, c.variant.key): c.variant for c in cells if not c.variant.is_base}
     for variant in tuned.values():
         if (variant.model.name, variant.key) not in seen:
             rows.append(GateRow(suite, variant.model.name, variant.name, variant.key, None, None,
@@ -187,7 +187,7 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
 
     ``variants`` are the plan's variants (their keys, tuning data files and data hashes).
     """
-    tuned = {v.key: v for v in variants if v.tuner is not None}
+    tuned = {v.key: v for v in variants if not v.is_base}
     if not tuned or not store.path.exists():
         return 0
     # the methods a new finding replaces, as LIKE patterns: the data side's under any n
@@ -209,11 +209,12 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
             plan = tuned.get(variant_key)
             if plan is None:
                 continue
-            # a variant trained on another has seen its ancestors' tuning data too
+            # a variant trained on another has seen its ancestors' tuning data too, and a
+            # transformed one its sources'
             chain = _tuned_chain(plan)
             files = [v.tuner.data for v in chain]
             dataset = " + ".join(files)
-            data_hash = plan.data_hash if len(chain) == 1 else content_hash(
+            data_hash = chain[0].data_hash if len(chain) == 1 else content_hash(
                 [v.data_hash for v in chain])
             head = [suite, model, variant, variant_key, evaluator, evaluator_key]
             # what the findings depend on; variants tuned on the same files share them
@@ -262,9 +263,18 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
 
 
 def _tuned_chain(variant: VariantPlan) -> list[VariantPlan]:
-    """The tuned variants from the first child of the base down to ``variant``."""
-    chain = []
-    while variant is not None and variant.tuner is not None:
-        chain.insert(0, variant)
-        variant = variant.parent
+    """The tuning runs whose data went into ``variant``, ancestors first: its own and its
+    parents' (a checkpoint's are its tuning run's), or its sources' for a transform."""
+    chain: list[VariantPlan] = []
+
+    def visit(node: VariantPlan | None) -> None:
+        if node is None or node.is_base or any(v.key == node.key for v in chain):
+            return
+        visit(node.parent)
+        for source in node.sources:
+            visit(source)
+        if node.origin == "tuned" and all(v.key != node.key for v in chain):
+            chain.append(node)
+
+    visit(variant)
     return chain

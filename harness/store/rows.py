@@ -72,6 +72,9 @@ class VariantRow:
     recipe: str | None = None  # JSON: entry, method, options, data, parent entry
     seed: int | None = None
     sweep: str | None = None  # JSON: the swept options' values
+    origin: str | None = None  # tuned, checkpoint, transformed
+    step: int | None = None  # a checkpoint's
+    sources: str | None = None  # JSON: a transform's source variant keys
 
 
 @dataclass

@@ -7,7 +7,7 @@ columns in the same order; a test checks that they agree.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one transaction
 #: when a newer harness opens an older store. New tables need none: ``TABLES`` creates
@@ -31,6 +31,11 @@ MIGRATIONS: dict[int, str] = {
        "ALTER TABLE paired_tests ADD COLUMN IF NOT EXISTS lost INTEGER; "
        "ALTER TABLE paired_tests ADD COLUMN IF NOT EXISTS gained INTEGER; "
        "DELETE FROM paired_tests WHERE test IN ('mcnemar', 'bootstrap')",
+    # version 7: checkpoints and transformed variants
+    6: "ALTER TABLE variants ADD COLUMN IF NOT EXISTS origin VARCHAR; "
+       "ALTER TABLE variants ADD COLUMN IF NOT EXISTS step INTEGER; "
+       "ALTER TABLE variants ADD COLUMN IF NOT EXISTS sources JSON; "
+       "UPDATE variants SET origin = 'tuned' WHERE origin IS NULL",
 }
 
 TABLES = """
@@ -94,7 +99,13 @@ CREATE TABLE IF NOT EXISTS variants (
     recipe_key VARCHAR,
     recipe JSON,
     seed INTEGER,
-    sweep JSON
+    sweep JSON,
+    -- how it was made: 'tuned' (a tuner's final state), 'checkpoint' (its state at
+    -- `step`) or 'transformed' (a transform of the variants in `sources`, JSON keys);
+    -- `tuner` is then the suite entry that made it, tuner or transform
+    origin VARCHAR,
+    step INTEGER,
+    sources JSON
 );
 CREATE TABLE IF NOT EXISTS cells (
     cell_key VARCHAR PRIMARY KEY,

@@ -94,6 +94,11 @@ class GRPOTuner(BaseTuner):
     def nested_components(cls, options: GRPOOptions) -> list[harness.NestedComponent]:
         return reward_components(options)
 
+    @classmethod
+    def planned_steps(cls, options: GRPOOptions, rows: int) -> int | None:
+        """``steps`` when set; by epochs, trl's generation batches make the count its own."""
+        return options.steps
+
     def tune(self, job: TuneJob) -> TuneResult:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer

@@ -282,6 +282,12 @@ class PPOTuner(BaseTuner):
     Options = PPOOptions
 
     @classmethod
+    def planned_steps(cls, options: PPOOptions, rows: int) -> int | None:
+        """None: trl's PPO loop keeps no checkpoints (its options refuse them), so it
+        cannot keep states along the way."""
+        return None
+
+    @classmethod
     def nested_components(cls, options: PPOOptions) -> list[harness.NestedComponent]:
         return reward_components(options)
 

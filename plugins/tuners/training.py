@@ -9,7 +9,9 @@ as safetensors.
 
 from __future__ import annotations
 
+import math
 import shutil
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -61,6 +63,17 @@ class BaseTuner(harness.Tuner):
     """
 
     Options: ClassVar[type[TrainingOptions]] = TrainingOptions
+
+    @classmethod
+    def planned_steps(cls, options: TrainingOptions, rows: int) -> int | None:
+        """The optimiser steps of transformers' Trainer on one device: ``steps`` when set,
+        else epochs x updates per epoch, an update being ``gradient_accumulation`` batches
+        of ``batch_size`` rows (the last batch may be short)."""
+        if options.steps:
+            return options.steps
+        batches = math.ceil(rows / options.batch_size)
+        per_epoch = max(math.ceil(batches / options.gradient_accumulation), 1)
+        return math.ceil(options.epochs * per_epoch)
 
 
 def lora_config(options: AdapterOptions, **extra: Any) -> Any:
@@ -124,12 +137,45 @@ def load_model_for(job: TuneJob, **kwargs: Any) -> Any:
     )
 
 
+def checkpoint_callback(job: TuneJob, save: Literal["adapter", "weights"]) -> Any:
+    """A trainer callback that saves the model every ``job.save_every`` optimiser steps
+    (after the step, before the last one) to ``checkpoints/step<k>/<save>``, as the final
+    state is saved: the adapter alone, or the weights with the tokenizer."""
+    from transformers import TrainerCallback
+
+    class KeepCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            step = state.global_step
+            if step % job.save_every == 0 and step < state.max_steps:
+                out = checkpoint_folder(job, step) / save
+                model.save_pretrained(out, safe_serialization=True)
+                if save == "weights":
+                    processing_class.save_pretrained(out)
+
+    return KeepCheckpoints()
+
+
+def checkpoint_folder(job: TuneJob, step: int) -> Path:
+    return job.output_dir / "checkpoints" / f"step{step}"
+
+
+def kept_checkpoints(job: TuneJob, save: str, steps: int) -> dict[int, Path]:
+    """The checkpoints ``checkpoint_callback`` saved (a resumed run's earlier ones too)."""
+    if not job.save_every:
+        return {}
+    kept = {k: checkpoint_folder(job, k) / save for k in range(job.save_every, steps, job.save_every)}
+    return {k: path for k, path in kept.items() if path.is_dir()}
+
+
 def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
                 recorder: Any) -> TuneResult:
-    """Train, record what it cost, and save the adapter or the full weights as safetensors."""
+    """Train, record what it cost, and save the adapter or the full weights as safetensors
+    (and every ``job.save_every`` steps, the state then: ``TuneResult.checkpoints``)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     quiet_trainer(trainer)
+    if job.save_every:
+        trainer.add_callback(checkpoint_callback(job, save))
     trainable, total = count_parameters(trainer.model)
     checkpoints = job.output_dir / "trainer"
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -141,7 +187,7 @@ def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
         trainer.processing_class.save_pretrained(out)
     shutil.rmtree(job.output_dir / "trainer", ignore_errors=True)
     record = training_record(recorder, state.global_step, memory, trainer.model, trainable, total)
-    return TuneResult(save, out, record)
+    return TuneResult(save, out, record, kept_checkpoints(job, save, state.global_step))
 
 
 def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,

@@ -1,0 +1,1 @@
+"""Transforms: variants made of variants without training."""
