@@ -157,7 +157,7 @@ GROUP BY ALL
 ORDER BY p.suite, p.model, p.evaluator, p.variant;
 
 -- the tree of variants: each with its parent, its root base, its depth (the base's
--- children are 1), its tuner entry, seed and swept values
+-- children are 1), its tuner entry, seed and swept values, how it was made and at which step
 CREATE OR REPLACE VIEW lineage AS
 WITH RECURSIVE chain(variant_key, depth) AS (
     SELECT variant_key, 1 FROM variants
@@ -168,7 +168,7 @@ WITH RECURSIVE chain(variant_key, depth) AS (
 )
 SELECT v.suite, v.model_name AS model, v.name AS variant, v.variant_key, v.tuner, v.method,
        coalesce(p.name, 'base') AS parent, v.parent_key, v.root_key, max(c.depth) AS depth,
-       v.seed, v.sweep, v.recipe_key, v.status
+       v.seed, v.sweep, v.recipe_key, v.status, v.origin, v.step
 FROM variants v
 LEFT JOIN variants p ON p.variant_key = v.parent_key
 JOIN chain c ON c.variant_key = v.variant_key
@@ -204,6 +204,86 @@ LEFT JOIN (SELECT DISTINCT recipe_key, tuner, sweep::VARCHAR AS sweep FROM varia
 LEFT JOIN (SELECT DISTINCT recipe_key, tuner, sweep::VARCHAR AS sweep FROM variants) b
        ON b.recipe_key = t.recipe_b
 ORDER BY t.suite, t.model, t.evaluator, t.p_value;
+
+-- each tuning run that kept checkpoints (eval_every), step by step: its checkpoints and its
+-- final variant (at step = its steps) against the base on every target, general and safety
+-- evaluator. Target evaluators: the gain in the metric's units (positive = better); general
+-- and safety ones: forgetting's loss in item-score units (positive = worse), so the curve
+-- reads on the gate's scale
+CREATE OR REPLACE VIEW training_curve AS
+WITH runs AS (
+    -- the newest tuning under each name: an older one's checkpoints carry the same names
+    SELECT * FROM variants WHERE origin = 'tuned'
+    QUALIFY row_number() OVER (PARTITION BY suite, model_name, name
+                               ORDER BY created_at DESC) = 1
+), points AS (
+    SELECT r.name AS run, r.variant_key AS run_key, r.tuner, r.method, v.variant_key, v.origin,
+           CASE WHEN v.origin = 'checkpoint' THEN v.step ELSE v.steps END AS step
+    FROM runs r
+    JOIN variants v
+      ON v.variant_key = r.variant_key
+      -- a checkpoint's one source is its run's final variant
+      OR (v.origin = 'checkpoint' AND v.sources->>'$[0]' = r.variant_key)
+    WHERE EXISTS (SELECT 1 FROM variants c
+                  WHERE c.origin = 'checkpoint' AND c.sources->>'$[0]' = r.variant_key)
+)
+SELECT b.suite, b.model, p.run, p.run_key, p.tuner, p.method, b.variant, b.variant_key,
+       p.origin, p.step, b.evaluator, b.role, b.metric, b.higher_is_better, b.unit,
+       b.base_value, b.variant_value AS value,
+       CASE WHEN b.role <> 'target' THEN NULL
+            WHEN b.higher_is_better THEN b.variant_value - b.base_value
+            ELSE b.base_value - b.variant_value END AS gain,
+       f.loss, f.loss_low, f.loss_high, t.p_value
+FROM points p
+JOIN base_pairs b ON b.variant_key = p.variant_key
+LEFT JOIN paired_tests t
+       ON t.variant_cell_key = b.variant_cell_key AND t.base_cell_key = b.base_cell_key
+LEFT JOIN forgetting f
+       ON f.suite = b.suite AND f.model = b.model AND f.variant = b.variant
+      AND f.evaluator = b.evaluator
+WHERE b.role IN ('target', 'general', 'safety')
+ORDER BY b.suite, b.model, p.run, b.evaluator, p.step;
+
+-- every variant (tuned, checkpoint, transformed) and the base as points of learning against
+-- forgetting (learning_forgetting's relative means). The base is the point (0, 0): a
+-- variant below it on both axes is worse than not tuning at all. ``comparable``: scored on
+-- every target, general and safety evaluator the base was, so that its means are over the
+-- same evaluators as the base's (a checkpoint limited by checkpoint_evaluators is not).
+-- ``on_frontier``: comparable, and no other comparable point of the same suite and model
+-- learns at least as much and forgets at most as much, one of the two strictly (Pareto)
+CREATE OR REPLACE VIEW frontier AS
+WITH keys AS (
+    -- the variant whose scores learning_forgetting averaged (the newest under each name)
+    SELECT suite, model, variant, arg_max(variant_key, finished_at) AS variant_key,
+           count(*) FILTER (WHERE role = 'target') AS targets,
+           count(*) FILTER (WHERE role IN ('general', 'safety')) AS generals
+    FROM latest_scores GROUP BY suite, model, variant
+), points AS (
+    SELECT l.suite, l.model, l.variant, k.variant_key, v.origin, v.tuner, v.method,
+           -- a tuned variant's point on its training curve: the steps it took
+           CASE WHEN v.origin = 'tuned' THEN v.steps ELSE v.step END AS step,
+           l.learning, l.forgetting, l.target_evaluators, l.general_evaluators,
+           l.significant_losses,
+           l.target_evaluators = b.targets AND l.general_evaluators = b.generals AS comparable
+    FROM learning_forgetting l
+    JOIN keys k USING (suite, model, variant)
+    JOIN keys b ON b.suite = l.suite AND b.model = l.model AND b.variant = 'base'
+    LEFT JOIN variants v ON v.variant_key = k.variant_key
+    UNION ALL
+    -- the base: no change against itself, on the roles it was scored on
+    SELECT suite, model, variant, variant_key, 'base', NULL, NULL, NULL,
+           CASE WHEN targets > 0 THEN 0.0 END, CASE WHEN generals > 0 THEN 0.0 END,
+           targets, generals, 0, true
+    FROM keys WHERE variant = 'base'
+)
+SELECT p.*,
+       p.comparable AND p.learning IS NOT NULL AND p.forgetting IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM points o
+           WHERE o.suite = p.suite AND o.model = p.model AND o.variant <> p.variant
+             AND o.comparable AND o.learning >= p.learning AND o.forgetting <= p.forgetting
+             AND (o.learning > p.learning OR o.forgetting < p.forgetting)) AS on_frontier
+FROM points p
+ORDER BY p.suite, p.model, p.learning DESC NULLS LAST, p.forgetting, p.variant;
 
 -- may each variant ship? one row per variant and gated evaluator, with the variant's own
 -- decision: NO-GO if any evaluator is, GO if all are, else INCONCLUSIVE

@@ -7,7 +7,8 @@ import html
 from pathlib import Path
 
 import harness
-from harness_plugins.reporters.report_data import DECISIONS, Node, PageReporter, Report, Table
+from harness_plugins.reporters.report_data import PageReporter
+from harness_plugins.reporters.report_model import DECISIONS, Node, Report, Table
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem;

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import harness
-from harness_plugins.reporters.report_data import Node, PageReporter, Report, Table, write_svgs
+from harness_plugins.reporters.report_data import PageReporter, write_svgs
+from harness_plugins.reporters.report_model import Node, Report, Table
 
 
 def _cell(value: str) -> str:

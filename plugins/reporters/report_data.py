@@ -3,20 +3,20 @@
 The HTML and Markdown reporters lay out the same :class:`Report`; only the markup differs.
 Every number comes from the store's views (``leaderboard``, ``lineage``, ``recipe_scores``,
 ``recipe_comparisons``, ``forgetting``, ``parent_forgetting``, ``gate``,
-``learning_forgetting``, ``contamination_summary``, ``clean_scores``) through read-only
-queries, so a report says exactly what ``harness sql`` would. The sections about
-experiments (lineage, sweep, seed variation, forgetting against the parent) and the gate
-appear only when the store holds something for them.
+``learning_forgetting``, ``frontier``, ``training_curve``, ``contamination_summary``,
+``clean_scores``) through read-only queries, so a report says exactly what ``harness sql``
+would. The sections about experiments (lineage, sweep, seed variation, forgetting against
+the parent, the frontier, training curves; :mod:`curves` assembles the last three) and the
+gate appear only when the store holds something for them.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from abc import abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,89 +26,21 @@ from pydantic import Field
 import harness
 from harness import ReportContext, UserError, __version__, item_text, read_store
 
-from harness_plugins.reporters import figures
+from harness_plugins.reporters import curves, figures
+from harness_plugins.reporters.report_model import (
+    Figure,
+    Node,
+    Reader,
+    Report,
+    Section,
+    Table,
+    fmt,
+    interval_text,
+    p_text,
+)
 
 #: flagged items listed one by one in a report; the rest are counted
 MAX_ITEMS_LISTED = 40
-
-
-#: the gate's decisions, as the ``gate`` view spells them
-DECISIONS = ("GO", "NO-GO", "INCONCLUSIVE")
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-    #: columns that hold a gate decision (one of ``DECISIONS``): the HTML page colours them
-    decision_columns: tuple[str, ...] = ()
-
-
-@dataclass
-class Node:
-    """One entry of a nested list, such as a variant in the lineage tree."""
-
-    name: str
-    detail: str = ""
-    children: list[Node] = field(default_factory=list)
-
-
-@dataclass
-class Figure:
-    name: str  # a file name stem for the Markdown report's SVG
-    title: str
-    svg: str
-
-
-@dataclass
-class Section:
-    title: str
-    text: str = ""
-    figures: list[Figure] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    tree: list[Node] = field(default_factory=list)  # shown as a nested list
-
-
-@dataclass
-class Report:
-    title: str
-    facts: list[tuple[str, str]]
-    sections: list[Section]
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if value == 0:
-            value = 0.0  # -0.0 reads as 0
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return ""
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-class _Reader:
-    """The report's queries, each about one suite, on one read-only connection."""
-
-    def __init__(self, con: Any, suite: str) -> None:
-        self.con, self.suite = con, suite
-
-    def rows(self, sql: str) -> list[dict[str, Any]]:
-        cursor = self.con.execute(sql, [self.suite])
-        columns = [d[0] for d in cursor.description]
-        return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
 def build_report(store: Path, suite: str | None = None) -> Report:
@@ -123,10 +55,10 @@ def build_report(store: Path, suite: str | None = None) -> Report:
             suite = names[0]
         elif suite not in names:
             raise UserError(f"{store}: no suite named {suite!r} (it holds {', '.join(names)})")
-        return _build(_Reader(con, suite), store, suite)
+        return _build(Reader(con, suite), store, suite)
 
 
-def _build(reader: _Reader, store: Path, suite: str) -> Report:
+def _build(reader: Reader, store: Path, suite: str) -> Report:
     models = {r["model"] for r in reader.rows("SELECT DISTINCT model FROM leaderboard "
                                                 "WHERE suite = ?")}
 
@@ -142,6 +74,7 @@ def _build(reader: _Reader, store: Path, suite: str) -> Report:
          + f" by harness {__version__}"),
     ]
     recipes = _recipes(reader, len(models) > 1)
+    frontier = curves.frontier(reader, label)
     sections = [
         _leaderboard(reader, label),
         _lineage(reader, len(models) > 1),
@@ -150,8 +83,11 @@ def _build(reader: _Reader, store: Path, suite: str) -> Report:
         _forgetting(reader, label),
         _parent_forgetting(reader, label),
         _gate(reader, label),
-        _learning(reader, label),
+        _learning(reader, label, plotted_by_frontier=frontier is not None),
+        frontier,
+        curves.best_under_max_loss(reader, label),
         _training(reader, label),
+        curves.training_curves(reader, label),
         _contamination(reader, label),
         _clean(reader, label),
     ]
@@ -159,7 +95,7 @@ def _build(reader: _Reader, store: Path, suite: str) -> Report:
     return Report(f"harness report: {suite}", facts, [s for s in sections if s is not None])
 
 
-def _leaderboard(reader: _Reader, label: Any) -> Section:
+def _leaderboard(reader: Reader, label: Any) -> Section:
     rows = reader.rows("SELECT * FROM leaderboard WHERE suite = ?")
     section = Section("Leaderboard", "Each evaluator's primary metric for the untouched base "
                       "and every tuned variant (the newest finished cell of each).")
@@ -239,7 +175,7 @@ class _Recipe:
         return (self.entry, [_natural(self.values.get(option)) for option in options])
 
 
-def _recipes(reader: _Reader, several_models: bool) -> dict[tuple[str, str], _Recipe]:
+def _recipes(reader: Reader, several_models: bool) -> dict[tuple[str, str], _Recipe]:
     """Every recipe of the suite, by (model, recipe_key)."""
     rows = reader.rows("""
         SELECT model, recipe_key, any_value(tuner) AS tuner, any_value(sweep) AS sweep,
@@ -257,7 +193,7 @@ def _recipe(recipes: dict[tuple[str, str], _Recipe], model: str, key: str) -> _R
     return recipes.get((model, key)) or _Recipe(str(key)[:12], {}, "base")
 
 
-def _lineage(reader: _Reader, several_models: bool) -> Section | None:
+def _lineage(reader: Reader, several_models: bool) -> Section | None:
     rows = reader.rows("""
         SELECT l.model, l.variant, l.method, l.parent, l.depth, l.seed, l.sweep,
                l.recipe_key, l.status
@@ -299,7 +235,7 @@ def _lineage_detail(row: dict[str, Any]) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _sweep(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
+def _sweep(reader: Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
     rows = [r for r in reader.rows("SELECT * FROM recipe_scores WHERE suite = ?")
             if _swept(r["sweep"])]
     if not rows:
@@ -327,7 +263,7 @@ def _sweep(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section 
     return section
 
 
-def _seeds(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
+def _seeds(reader: Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section | None:
     rows = reader.rows("SELECT * FROM recipe_scores WHERE suite = ? AND n > 1")
     if not rows:
         return None
@@ -355,7 +291,7 @@ def _seeds(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section 
             [[c["evaluator"], c["metric"], _recipe(recipes, c["model"], c["recipe_a"]).label,
               _recipe(recipes, c["model"], c["recipe_b"]).label,
               _spread(c["mean_a"], c["sd_a"], c["n_a"]),
-              _spread(c["mean_b"], c["sd_b"], c["n_b"]), fmt(c["diff"]), _p(c["p_value"])]
+              _spread(c["mean_b"], c["sd_b"], c["n_b"]), fmt(c["diff"]), p_text(c["p_value"])]
              for c in exceeding],
             caption=f"Recipe pairs whose difference exceeds seed noise: {len(exceeding)} of "
                     f"{len(comparisons)} comparisons (Welch's t-test on the seed-level scores, "
@@ -367,7 +303,7 @@ def _seeds(reader: _Reader, recipes: dict[tuple[str, str], _Recipe]) -> Section 
     return section
 
 
-def _forgetting(reader: _Reader, label: Any) -> Section:
+def _forgetting(reader: Reader, label: Any) -> Section:
     rows = reader.rows("SELECT * FROM forgetting WHERE suite = ?")
     section = Section(
         "Forgetting",
@@ -399,11 +335,11 @@ def _forgetting(reader: _Reader, label: Any) -> Section:
         [[label(r), r["evaluator"], r["metric"], fmt(r["base_value"]), fmt(r["variant_value"]),
           fmt(r["delta"]), fmt(r["forgetting"]),
           "" if r["ci_low"] is None else f"[{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}]",
-          _p(r["p_value"]), r["paired_test"] or ""] for r in rows]))
+          p_text(r["p_value"]), r["paired_test"] or ""] for r in rows]))
     return section
 
 
-def _parent_forgetting(reader: _Reader, label: Any) -> Section | None:
+def _parent_forgetting(reader: Reader, label: Any) -> Section | None:
     rows = reader.rows("SELECT * FROM parent_forgetting WHERE suite = ?")
     if not rows:
         return None
@@ -418,12 +354,12 @@ def _parent_forgetting(reader: _Reader, label: Any) -> Section | None:
          "forgetting", "item score", "loss", "95% interval of the loss", "p", "test"],
         [[label(r), r["parent"], r["evaluator"], r["metric"], fmt(r["parent_value"]),
           fmt(r["variant_value"]), fmt(r["delta"]), fmt(r["forgetting"]), r["unit"] or "",
-          fmt(r["loss"], 3), _interval(r["loss_low"], r["loss_high"]), _p(r["p_value"]),
+          fmt(r["loss"], 3), interval_text(r["loss_low"], r["loss_high"]), p_text(r["p_value"]),
           r["paired_test"] or ""] for r in rows]))
     return section
 
 
-def _gate(reader: _Reader, label: Any) -> Section | None:
+def _gate(reader: Reader, label: Any) -> Section | None:
     rows = reader.rows("SELECT * FROM gate WHERE suite = ?")
     if not rows:
         return None
@@ -450,7 +386,7 @@ def _gate(reader: _Reader, label: Any) -> Section | None:
         ["variant", "evaluator", "item score", "items", "loss", "interval of the loss",
          "max_loss", "Holm p", "decision", "reason"],
         [[label(r), r["evaluator"] or "(none)", r["unit"] or "", fmt(r["n"]), fmt(r["loss"], 3),
-          _interval(r["ci_low"], r["ci_high"]), fmt(r["max_loss"]), _p(r["p_holm"]),
+          interval_text(r["ci_low"], r["ci_high"]), fmt(r["max_loss"]), p_text(r["p_holm"]),
           r["decision"], r["reason"] or ""] for r in rows],
         caption="Per variant and evaluator; the interval of the loss is two-sided, at "
                 f"{', '.join(levels) or '1 − alpha'}.",
@@ -458,11 +394,7 @@ def _gate(reader: _Reader, label: Any) -> Section | None:
     return section
 
 
-def _interval(low: float | None, high: float | None) -> str:
-    return "" if low is None or high is None else f"[{fmt(low, 3)}, {fmt(high, 3)}]"
-
-
-def _learning(reader: _Reader, label: Any) -> Section:
+def _learning(reader: Reader, label: Any, plotted_by_frontier: bool) -> Section:
     rows = reader.rows("SELECT * FROM learning_forgetting WHERE suite = ?")
     section = Section(
         "Learning versus forgetting",
@@ -472,7 +404,9 @@ def _learning(reader: _Reader, label: Any) -> Section:
         "the left is better.")
     points = [(label(r), r["forgetting"], r["learning"]) for r in rows
               if r["forgetting"] is not None and r["learning"] is not None]
-    if points:
+    if points and plotted_by_frontier:
+        section.text += " The Frontier section plots these points."
+    elif points:
         section.figures.append(Figure(
             "learning_forgetting", "Learning versus forgetting",
             figures.scatter(points, "forgetting (relative loss on general evaluators)",
@@ -492,10 +426,12 @@ def _learning(reader: _Reader, label: Any) -> Section:
     return section
 
 
-def _training(reader: _Reader, label: Any) -> Section:
+def _training(reader: Reader, label: Any) -> Section:
     rows = reader.rows("SELECT model_name AS model, name AS variant, method, status, steps, "
                        "loss_curve, final_loss, seconds, tokens_per_second, peak_memory_mb, "
                        "trainable_params, total_params FROM variants WHERE suite = ? "
+                       # checkpoints and transforms ran no training of their own
+                       "AND coalesce(origin, 'tuned') = 'tuned' "
                        "ORDER BY model_name, name, created_at DESC")
     section = Section("Training", "Loss per logged step, and what each tuning run cost.")
     latest: dict[str, dict[str, Any]] = {}
@@ -519,7 +455,7 @@ def _training(reader: _Reader, label: Any) -> Section:
     return section
 
 
-def _contamination(reader: _Reader, label: Any) -> Section:
+def _contamination(reader: Reader, label: Any) -> Section:
     summary = reader.rows("SELECT * FROM contamination_summary WHERE suite = ?")
     section = Section(
         "Contamination",
@@ -559,7 +495,7 @@ def _contamination(reader: _Reader, label: Any) -> Section:
     return section
 
 
-def _clean(reader: _Reader, label: Any) -> Section:
+def _clean(reader: Reader, label: Any) -> Section:
     rows = reader.rows("SELECT * FROM clean_scores WHERE suite = ?")
     section = Section(
         "Clean versus full scores",
