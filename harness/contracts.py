@@ -126,6 +126,20 @@ class Transform(Component):
         ends the variant's name (``sft~interp0.5``). Default: one, labelled ``""``."""
         return [""]
 
+    @classmethod
+    def output_key(cls, options: Any, output: str) -> Any:
+        """What the variant made for ``output`` depends on (JSON-able), for its key.
+        Default: every option. A transform whose options list its outputs (interpolate's
+        ``alphas``) gives only what that output uses, so that adding an output leaves the
+        others' keys, and their stored cells, as they are."""
+        return options.model_dump(mode="json") if isinstance(options, BaseModel) else options
+
+    @classmethod
+    def check_sources(cls, options: Any, count: int) -> None:
+        """Raise ``ValueError`` when the transform cannot take ``count`` source variants
+        at once (a merge whose ``weights`` list another number); the suite is refused with
+        the message. Called for a transform that combines. Default: any count."""
+
     @abstractmethod
     def apply(self, job: TransformJob) -> TransformResult:
         """Write the new variant (a peft adapter or a weights folder) under

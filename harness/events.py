@@ -73,7 +73,7 @@ class VariantMade:
     variant: VariantPlan
     kind: str  # "adapter" or "weights"
     path: Path
-    seconds: float = 0.0
+    seconds: float | None = None  # a transform's time; None for a checkpoint (its run's)
 
 
 #: what ``emit`` receives from a worker

@@ -182,8 +182,11 @@ class ExperimentResolver:
         result = {}
         for entry, component in zip(entries, components):
             label = self.labels[entry.name]
-            for reference in entry.of:
-                self.check_reference(reference, entry.name, names, recipes, label)
+            for index, reference in enumerate(entry.of):
+                if reference in entry.of[:index]:
+                    self.report(label, "of", f"names {reference!r} twice")
+                else:
+                    self.check_reference(reference, entry.name, names, recipes, label)
             if component.cls is None or component.options is None:
                 continue
             outputs = tuple(component.cls.outputs(component.options))
@@ -213,6 +216,9 @@ class ExperimentResolver:
                 self.report(label, "of", f"{entry!r} keeps no checkpoint at step {step} "
                             + (f"(steps: {', '.join(map(str, kept))})" if kept else
                                "(it has no 'eval_every')"))
+        elif step is not None and entry in transforms:
+            self.report(label, "of", f"{entry!r} is a transform entry; only a tuner entry "
+                                     "keeps checkpoints")
         elif step is not None or (entry not in recipes and entry not in transforms):
             known = ", ".join(repr(n) for n in [*recipes, *sorted(transforms - {own})]) or "none"
             self.report(label, "of", f"no tuner entry is named {entry!r}" if step is not None
@@ -227,7 +233,15 @@ class ExperimentResolver:
         reported: set[str] = set()  # one line per entry, however many names clash
         for node in expand(recipes, transforms):
             entry = (node.transform or node.recipe).entry.name
-            if node.transform is not None and node.transform.combines:
+            if node.transform is not None and node.transform.combines and entry not in reported:
+                component = node.transform.entry
+                try:
+                    component.cls.check_sources(component.options, len(node.sources))
+                except ValueError as exc:
+                    reported.add(entry)
+                    self.report(self.labels[entry], "options", f"{exc} ({len(node.sources)} "
+                                "source variants: " + ", ".join(repr(s.name) for s in node.sources)
+                                + ")")
                 same, _ = common_parent(list(node.sources))
                 if not same and entry not in reported:
                     reported.add(entry)
@@ -238,8 +252,8 @@ class ExperimentResolver:
             if node.name in seen and entry not in reported:
                 reported.add(entry)
                 other = seen[node.name]
+                alike = " (swept values that read alike)" if node.transform is None else ""
                 self.report(self.labels[entry], "name",
-                            f"makes a variant named {node.name!r} twice (swept values that "
-                            "read alike)" if other == entry else
-                            f"makes a variant named {node.name!r}, as entry {other!r} does")
+                            f"makes a variant named {node.name!r} twice{alike}" if other == entry
+                            else f"makes a variant named {node.name!r}, as entry {other!r} does")
             seen.setdefault(node.name, entry)

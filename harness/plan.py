@@ -25,6 +25,14 @@ def options_payload(component: ResolvedComponent) -> Any:
     return options.model_dump(mode="json") if options is not None else component.raw_options
 
 
+def folder_name(model: ResolvedModel, name: str, key: str) -> str:
+    """A variant's folder: model, name and key, the name cut short (a merge's lists all its
+    sources) and any character a file name should not hold made ``_``; the key keeps it
+    unique."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model.name}-{name}")
+    return f"{readable[:100]}-{key[:12]}"
+
+
 def _variant(node: Node, model: ResolvedModel, base: VariantPlan,
              planned: dict[int, VariantPlan], tuner_data: dict[str, str], artifacts: Path,
              rewards: dict[str, Any]) -> VariantPlan:
@@ -64,7 +72,7 @@ def _tuned(node: Node, model: ResolvedModel, parent: VariantPlan, tuner_data: di
     key = content_hash(payload)
     return VariantPlan(
         node.name, key, model, tuner, data_hash=tuner_data[entry.name],
-        output_dir=artifacts / f"{model.name}-{node.name}-{key[:12]}", rewards=rewards,
+        output_dir=artifacts / folder_name(model, node.name, key), rewards=rewards,
         parent=parent, seed=node.seed, sweep=dict(node.point.values),
         recipe_key=content_hash(recipe), save_every=save_every,
     )
@@ -85,12 +93,11 @@ def _transformed(node: Node, model: ResolvedModel, parent: VariantPlan,
     """A transform of its sources: its key covers the transform, its options, which output
     and the sources' keys."""
     transform = node.transform.entry
-    what = {"transform": transform.kind, "entry": transform.name,
-            "options": options_payload(transform), "output": node.output}
+    what = {"transform": transform.kind, "entry": transform.name, "output": node.output,
+            "options": transform.cls.output_key(transform.options, node.output)}
     key = content_hash({**what, "sources": [s.key for s in sources], "harness": __version__})
-    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model.name}-{node.name}")
     return VariantPlan(
-        node.name, key, model, None, output_dir=artifacts / f"{folder}-{key[:12]}",
+        node.name, key, model, None, output_dir=artifacts / folder_name(model, node.name, key),
         parent=parent, seed=node.seed, origin="transformed", sources=tuple(sources),
         transform=transform, output=node.output,
         recipe_key=content_hash({**what, "sources": [s.recipe_key for s in sources]}),

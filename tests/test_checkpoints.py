@@ -193,6 +193,24 @@ def test_a_checkpoint_whose_folder_is_gone_is_kept_again_by_its_run(tmp_path):
     assert all((before[k] == after[k]).all() for k in before)
     assert _metrics(store, "lora-a@step1~early1")[("text", "perplexity")] == \
         _metrics(store, "lora-a@step1")[("text", "perplexity")]
+    # another alpha makes only its own variant: the others keep their keys and cells
+    suite.write_text(suite.read_text().replace("alphas = [1.0]", "alphas = [1.0, 0.5]"))
+    summary = run_suite(suite, show_progress=False)
+    assert summary.failed == 0 and summary.done == 2
+    made = _rows(store, "SELECT DISTINCT variant_name FROM cells WHERE run_id = ?",
+                 [summary.run_id])
+    assert made == [("lora-a@step1~early0.5",)]
+
+
+def test_a_variant_folder_name_stays_short_however_many_sources():
+    from harness.plan import folder_name
+
+    model = harness.ResolvedModel("tiny", "builtin:tiny-random", Path("."), "f" * 64)
+    name = "merge(" + ",".join(f"a-long-entry-name-seed{i}" for i in range(40)) + ")"
+    folder = folder_name(model, name, "0123456789abcdef")
+    assert len(folder) <= 113 and folder.endswith("-0123456789ab")
+    assert "(" not in folder and "," not in folder
+    assert folder_name(model, "lora-a", "0123456789abcdef") == "tiny-lora-a-0123456789ab"
 
 
 def test_a_third_party_transform_through_the_hook(tmp_path):
@@ -283,6 +301,19 @@ BAD = {
     "a transform named like a tuner": (
         lambda t: t.replace('name = "nf4"', 'name = "stop2"'),
         "[[transforms]] #5 ('stop2') field 'name': duplicate name, first used by [[tuners]] #2"),
+    "of naming an entry twice": (
+        lambda t: t.replace('of = ["lora-a"]\noptions = { alphas', 'of = ["lora-a", "lora-a"]\n'
+                                                                  'options = { alphas'),
+        "[[transforms]] #1 ('interp') field 'of': names 'lora-a' twice"),
+    "of a checkpoint of a transform entry": (
+        lambda t: t.replace('of = ["lora-a@step1"]', 'of = ["interp@step1"]'),
+        "[[transforms]] #2 ('early') field 'of': 'interp' is a transform entry; only a tuner "
+        "entry keeps checkpoints"),
+    "merge weights for another number of sources": (
+        lambda t: t.replace('options = { combination_type = "linear" }',
+                            'options = { combination_type = "linear", weights = [1.0] }'),
+        "[[transforms]] #4 ('clash') field 'options': 'weights' lists 1 numbers; give one per "
+        "source variant (2 source variants: 'lora-a', 'lora-r2')"),
     "a transform named base": (lambda t: t.replace('name = "nf4"', 'name = "base"'),
                                "[[transforms]] #5 ('base') field 'name': 'base' is reserved"),
 }

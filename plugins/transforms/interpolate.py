@@ -121,6 +121,12 @@ class InterpolateTransform(harness.Transform):
     def outputs(cls, options: InterpolateOptions) -> list[str]:
         return [alpha_label(a) for a in options.alphas]
 
+    @classmethod
+    def output_key(cls, options: InterpolateOptions, output: str) -> dict[str, float]:
+        """One variant depends on its own alpha only: adding an alpha makes only its
+        variant."""
+        return {"alpha": {alpha_label(a): a for a in options.alphas}[output]}
+
     def apply(self, job: TransformJob) -> TransformResult:
         alpha = {alpha_label(a): a for a in self.options.alphas}[job.output]
         source = job.sources[0]

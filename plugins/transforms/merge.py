@@ -136,6 +136,12 @@ class MergeTransform(harness.Transform):
     Options = MergeOptions
     combines = True
 
+    @classmethod
+    def check_sources(cls, options: MergeOptions, count: int) -> None:
+        if options.weights is not None and len(options.weights) != count:
+            raise ValueError(f"'weights' lists {len(options.weights)} numbers; give one per "
+                             "source variant")
+
     def apply(self, job: TransformJob) -> TransformResult:
         check_sources(job.sources)
         if self.options.weights is not None and len(self.options.weights) != len(job.sources):
