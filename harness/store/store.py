@@ -1,6 +1,7 @@
 """The store a run writes: one DuckDB file, one typed method per kind of row, each write
 in its own transaction (open, commit, close), so that a killed run loses at most the row
-in flight and ``harness sql`` can read between writes.
+in flight and ``harness sql`` can read between writes. Rows of many (samples, findings)
+go in bulk, as one Arrow table per write.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,19 @@ from harness.store.rows import (
     PairedTestRow,
     RunRow,
     VariantRow,
+    columns,
     insert_sql,
     values,
 )
 from harness.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 from harness.store.views import VIEW_NAMES, VIEWS, VIEWS_HASH
+
+
+#: Every write closes the file, and closing checkpoints it (moves the committed rows from
+#: the write-ahead log into the database file). With a WAL threshold of 0 the COMMIT
+#: checkpoints instead, and DuckDB skips writing the rows to the log first: the same file
+#: after the close, and 100,000 samples written in 1.01 s instead of 1.08 s (shared CPU).
+WRITE_CONFIG = {"checkpoint_threshold": "0b"}
 
 
 class Store:
@@ -39,7 +49,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path, read_only=False, timeout=self.lock_timeout)
+        con = connect(self.path, read_only=False, timeout=self.lock_timeout, config=WRITE_CONFIG)
         try:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -179,30 +189,29 @@ class Store:
                 con.execute(f"DELETE FROM {table} WHERE cell_key = ?", [key])
             con.execute(insert_sql(CellRow, "INSERT OR REPLACE"), values(cell))
             if metrics:
-                con.executemany(
-                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [[key, m.name, float(m.value), m.n, m.stderr, m.higher_is_better, m.primary]
-                     for m in metrics],
-                )
+                _insert(con, "metrics", METRIC_COLUMNS, [
+                    [key] * len(metrics), [m.name for m in metrics],
+                    [float(m.value) for m in metrics], [m.n for m in metrics],
+                    [m.stderr for m in metrics], [m.higher_is_better for m in metrics],
+                    [m.primary for m in metrics]])
             if samples:
-                con.executemany(
-                    "INSERT INTO samples (cell_key, item_index, item_id, prompt, target, output, "
-                    "score, logprobs, extra, min_k, min_k_plus) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [[key, s.index, s.item_id, s.prompt, s.target, s.output, s.score, s.logprobs,
-                      json.dumps(s.extra or {}, default=str), s.min_k, s.min_k_plus]
-                     for s in samples],
-                )
+                _insert(con, "samples", SAMPLE_COLUMNS, [
+                    [key] * len(samples), [s.index for s in samples],
+                    [s.item_id for s in samples], [s.prompt for s in samples],
+                    [s.target for s in samples], [s.output for s in samples],
+                    [s.score for s in samples], [s.logprobs for s in samples],
+                    [_json(s.extra) if s.extra else "{}" for s in samples],
+                    [s.min_k for s in samples], [s.min_k_plus for s in samples]])
             if alerts:
-                con.executemany(
-                    "INSERT INTO alerts VALUES (?, ?, ?, ?, ?)",
-                    [[key, a.metric, float(a.value), a.threshold, a.message] for a in alerts],
-                )
+                _insert(con, "alerts", ALERT_COLUMNS, [
+                    [key] * len(alerts), [a.metric for a in alerts],
+                    [float(a.value) for a in alerts], [a.threshold for a in alerts],
+                    [a.message for a in alerts]])
 
     def write_paired_tests(self, rows: Sequence[PairedTestRow]) -> None:
         if rows:
             with self._write() as con:
-                con.executemany(insert_sql(PairedTestRow), [values(r) for r in rows])
+                _insert_rows(con, PairedTestRow, rows)
 
     def write_contamination(self, replaced: Sequence[tuple[str, str, Sequence[str]]],
                             rows: Sequence[ContaminationRow]) -> None:
@@ -216,7 +225,7 @@ class Store:
                     "AND EXISTS (SELECT 1 FROM unnest(?) AS p(pattern) WHERE method LIKE pattern)",
                     [variant_key, evaluator_key, list(patterns)])
             if rows:
-                con.executemany(insert_sql(ContaminationRow), [values(r) for r in rows])
+                _insert_rows(con, ContaminationRow, rows)
 
     def replace_suite_rows(self, row_type: type, suite: str, rows: Sequence[Any]) -> None:
         """Replace one suite's rows of a table that an analysis remakes whole each run
@@ -224,4 +233,72 @@ class Store:
         with self._write() as con:
             con.execute(f"DELETE FROM {TABLE_OF[row_type]} WHERE suite = ?", [suite])
             if rows:
-                con.executemany(insert_sql(row_type), [values(r) for r in rows])
+                _insert_rows(con, row_type, rows)
+
+
+# -- the bulk path ----------------------------------------------------------------------
+#
+# ``executemany`` binds and inserts one row at a time (about 0.8 ms a row: 33 s for a run's
+# 40,000 contamination findings). Rows of many go instead as one Arrow table, registered
+# on the connection and copied by one ``INSERT INTO ... SELECT``: DuckDB reads Arrow's
+# columns without a Python object per value, and the insert is one statement of the
+# write's own transaction, so an error or a crash still leaves nothing of it. DuckDB 2.0's
+# appender (``con.appender``) converts values exactly as ``executemany`` did, but took
+# twice as long for 100,000 samples (0.5 s against 0.25 s, converting and inserting).
+
+METRIC_COLUMNS = ("cell_key", "metric", "value", "n", "stderr", "higher_is_better", "is_primary")
+SAMPLE_COLUMNS = ("cell_key", "item_index", "item_id", "prompt", "target", "output", "score",
+                  "logprobs", "extra", "min_k", "min_k_plus")
+ALERT_COLUMNS = ("cell_key", "metric", "value", "threshold", "message")
+
+#: ``json.dumps(extra, default=str)``'s own encoder, made once instead of once a row
+_json = json.JSONEncoder(default=str).encode
+
+
+def _arrow_types(pa: Any) -> dict[str, Any]:
+    """The Arrow type a value of each of the store's column types is sent as. Integer
+    columns are missing on purpose: Arrow would truncate a float 6.7 sent as an int64 to 6,
+    where DuckDB's cast (what ``executemany`` did) rounds it to 7; so Arrow infers their
+    type from the values, and DuckDB casts them on insert as it cast each bound value."""
+    text = pa.large_string()  # 64-bit offsets: a column of more than 2 GiB of text too
+    return {"VARCHAR": text, "JSON": text, "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(),
+            "DOUBLE[]": pa.list_(pa.float64())}
+
+
+def _insert(con: Any, table: str, names: Sequence[str], data: Sequence[Sequence[Any]]) -> None:
+    """Insert rows given as one sequence per column (``names``) into ``table``, in one
+    statement of the caller's transaction."""
+    import pyarrow as pa  # here, not at import: ``harness --help`` stays fast
+
+    arrow_types = _arrow_types(pa)
+    types = dict(con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND table_name = ?", [table]).fetchall())
+    try:
+        arrow = pa.table([pa.array(values, type=arrow_types.get(types[name]))
+                          for name, values in zip(names, data)], names=list(names))
+    except (pa.ArrowException, OverflowError):
+        # a value Arrow will not take as its column's type (an int item id, a numeric
+        # string, a list of strings as log-probabilities): DuckDB converts it as it did
+        _insert_row_by_row(con, table, names, data)
+        return
+    quoted = ", ".join(f'"{name}"' for name in names)
+    # on an error the write rolls back and closes the connection, and the name goes with it
+    # (unregistering in an aborted transaction would raise over the error itself)
+    con.register("harness_bulk_rows", arrow)
+    con.execute(f"INSERT INTO {table} ({quoted}) SELECT {quoted} FROM harness_bulk_rows")
+    con.unregister("harness_bulk_rows")
+
+
+def _insert_row_by_row(con: Any, table: str, names: Sequence[str],
+                       data: Sequence[Sequence[Any]]) -> None:
+    """The store's writes before the bulk path: each value bound and converted (or refused)
+    by DuckDB, one row at a time."""
+    con.executemany(f"INSERT INTO {table} ({', '.join(names)}) "
+                    f"VALUES ({', '.join('?' for _ in names)})", list(zip(*data)))
+
+
+def _insert_rows(con: Any, row_type: type, rows: Sequence[Any]) -> None:
+    """Insert typed rows (:mod:`harness.store.rows`) into their table, column by column."""
+    names = columns(row_type)
+    _insert(con, TABLE_OF[row_type], names, [list(map(attrgetter(n), rows)) for n in names])
