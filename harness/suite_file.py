@@ -17,6 +17,13 @@ from harness.records import Role
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
+def not_base(value: str) -> str:
+    """A tuner or transform entry may not be named ``base``: its variants would be."""
+    if value == "base":
+        raise ValueError("'base' is reserved for the untouched model")
+    return value
+
+
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,12 +80,7 @@ class TunerEntry(_Table):
             raise ValueError(f"seed {repeated[0]} is listed twice; a replicate needs its own seed")
         return value
 
-    @field_validator("name")
-    @classmethod
-    def _not_base(cls, value: str) -> str:
-        if value == "base":
-            raise ValueError("'base' is reserved for the untouched model")
-        return value
+    _not_base = field_validator("name")(not_base)
 
 
 class TransformEntry(_Table):
@@ -96,12 +98,7 @@ class TransformEntry(_Table):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("name")
-    @classmethod
-    def _not_base(cls, value: str) -> str:
-        if value == "base":
-            raise ValueError("'base' is reserved for the untouched model")
-        return value
+    _not_base = field_validator("name")(not_base)
 
 
 class EvaluatorEntry(_Table):

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from harness import query
 from harness.cli import main
 from tests.conftest import small_suite, write_jsonl
+from tests.test_report_lineage import section, table_rows
 
 LORA = "options = { r = 4, alpha = 8, steps = 3, lr = %s, batch_size = 4, max_length = 64 }"
 EXPERIMENT = f"""
@@ -260,15 +261,6 @@ def report(store: Path, fmt: str, out: Path) -> str:
     return out.read_text()
 
 
-def section(markdown: str, title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", markdown, re.M | re.S)
-    assert match, f"no section {title!r}"
-    return match.group(1)
-
-
-def table_rows(markdown: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")]
-            for line in markdown.splitlines() if line.startswith("| ")]
 
 
 @pytest.fixture(scope="module")
