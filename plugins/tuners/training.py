@@ -190,16 +190,72 @@ def run_trainer(trainer: Any, job: TuneJob, save: Literal["adapter", "weights"],
     return TuneResult(save, out, record, kept_checkpoints(job, save, state.global_step))
 
 
+def completion_sft_trainer() -> type:
+    """trl's ``SFTTrainer`` whose training loss projects to the vocabulary only at the
+    positions it is taken on, and skips trl's per-step entropy and token accuracy.
+
+    Why override trl: each step of trl 1.12's ``SFTTrainer.compute_loss`` also computes the
+    entropy and accuracy of the next-token distribution for its logs (the harness records
+    neither), and its default ``chunked_nll`` loss runs the output layer on 256 rows however
+    few the completion tokens, twice (it recomputes them in the backward pass). trl has no
+    setting that skips either. With ``loss_type="nll"``, this asks the model itself for
+    logits only at sequence positions where some row's next token is a completion token
+    (transformers' ``logits_to_keep``, with the matching pre-shifted ``shift_labels``): the
+    same loss over the same tokens, normalised as before (``num_items_in_batch``), on about
+    a third of the rows for chat-formatted data. Anything else (evaluation, a model whose
+    forward takes no ``logits_to_keep``, pre-shifted inputs) is trl's own ``compute_loss``.
+    """
+    import inspect
+
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class CompletionSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            model = getattr(self.model, "get_base_model", lambda: self.model)()
+            self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+            self.flops_per_token: int | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            targets = inputs["labels"][:, 1:] if "labels" in inputs else None
+            if (not model.training or not self.keeps_logits or "shift_labels" in inputs
+                    or targets is None):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {**inputs, "use_cache": False, "logits_to_keep": keep,
+                      "shift_labels": targets[:, keep]}
+            if getattr(self, "aux_loss_enabled", False):  # MoE: the router loss, as trl adds it
+                inputs["output_router_logits"] = True
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+        def floating_point_ops(self, inputs):
+            # transformers walks every parameter to count them again each step (27 ms a step
+            # for SmolLM2-135M with LoRA on a shared 2-core CPU); the count does not change
+            if "input_ids" not in inputs:
+                return super().floating_point_ops(inputs)
+            if self.flops_per_token is None:
+                self.flops_per_token = (super().floating_point_ops(inputs)
+                                        // max(inputs["input_ids"].numel(), 1))
+            return self.flops_per_token * inputs["input_ids"].numel()
+
+    return CompletionSFTTrainer
+
+
 def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,
               save: Literal["adapter", "weights"] = "adapter") -> TuneResult:
     """Supervised fine-tuning with trl's SFTTrainer; shared by LoRA, DoRA, QLoRA and full."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     dataset = load_rows(job.data, SFTRow)
     recorder = record_callback(job.on_step)
+    # "nll": the model's own loss, which completion_sft_trainer narrows to the completion
+    # positions; trl's default "chunked_nll" replaces the model's forward and would not
     args = trainer_args(SFTConfig, options, job, max_length=options.max_length,
-                        completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
-                         processing_class=load_tokenizer_for(job), peft_config=peft_config,
-                         callbacks=[recorder])
+                        completion_only_loss=True, loss_type="nll")
+    trainer = completion_sft_trainer()(
+        model=model, args=args, train_dataset=dataset, processing_class=load_tokenizer_for(job),
+        peft_config=peft_config, callbacks=[recorder])
     return run_trainer(trainer, job, save, recorder)
