@@ -33,7 +33,8 @@ class HFOptions(harness.Options):
 
 
 class HFBackend(harness.Backend):
-    """The transformers backend: one base in memory, peft adapters switched in place."""
+    """The transformers backend: one base in memory, peft adapters switched in place, the
+    active one merged into copies of the weights it touches (``MergedAdapter``)."""
 
     Options = HFOptions
 
@@ -44,6 +45,8 @@ class HFBackend(harness.Backend):
         self._peft: Any = None
         self._stacked: tuple[Any, Any] | None = None  # (parent weights folder, peft model)
         self._adapters: set[str] = set()
+        self._merged: MergedAdapter | None = None  # the active adapter, merged into copies
+        self._peft_on = False  # the active adapter runs through peft's layers on the base
         self._lm_eval: dict[int, Any] = {}
         self.tokenizer: Any = None
         self.device = "cpu"
@@ -61,6 +64,12 @@ class HFBackend(harness.Backend):
         self.model = self._base
 
     def activate(self, variant: Variant) -> None:
+        # Whatever came before, the base's own tensors are back and its adapters are off:
+        # as_base() inside any variant, and the base itself, run the untouched weights.
+        self._unmerge()
+        if self._peft is not None:
+            self._peft.base_model.disable_adapter_layers()
+        self._peft_on = False
         if variant.kind == "weights":
             # A fully tuned model is a different set of weights: load it beside the base.
             self.model = self._load(variant.path)
@@ -70,8 +79,6 @@ class HFBackend(harness.Backend):
             self._activate_adapter(variant)
             self.model = self._base
         else:
-            if self._peft is not None:
-                self._peft.base_model.disable_adapter_layers()
             self.model = self._base
         self.active = variant
 
@@ -94,9 +101,13 @@ class HFBackend(harness.Backend):
         elif name not in peft.peft_config:
             peft.load_adapter(str(variant.path), adapter_name=name)
         peft.set_adapter(name)
+        self._merged = MergedAdapter.merge(peft, name)
         return peft
 
     def _activate_adapter(self, variant: Variant) -> None:
+        self._merged = MergedAdapter.read(self._base, variant.path)
+        if self._merged is not None:  # a plain LoRA: merged from its files, no peft layers
+            return
         from peft import PeftModel
 
         name = _adapter_name(variant)
@@ -108,9 +119,16 @@ class HFBackend(harness.Backend):
         self._adapters.add(name)
         self._peft.base_model.enable_adapter_layers()
         self._peft.set_adapter(name)
+        self._peft_on = True
+        self._merged = MergedAdapter.merge(self._peft, name)
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            self._merged.restore()
+            self._merged = None
 
     def close(self) -> None:
-        self.model = self._base = self._peft = self._stacked = None
+        self.model = self._base = self._peft = self._stacked = self._merged = None
         self._lm_eval.clear()
 
     # -- scoring --------------------------------------------------------------------
@@ -235,22 +253,30 @@ class HFBackend(harness.Backend):
 
     @contextmanager
     def as_base(self) -> Iterator[None]:
-        """Score and generate with the untouched base while inside the block."""
+        """Score and generate with the untouched base while inside the block: for an adapter
+        on the base, its own tensors are put back (no arithmetic, so bit for bit) and the
+        adapter layers are off; the merged copies go back in afterwards."""
         active = self.active
         if active is None or active.kind == "base":
             yield
             return
         model = self.model
-        on_base = active.kind == "adapter" and active.base_path is None  # peft on the base
-        if on_base:
+        on_base = active.kind == "adapter" and active.base_path is None  # not a separate model
+        merged = self._merged if on_base else None
+        peft_on = on_base and self._peft_on
+        if merged is not None:
+            merged.restore()
+        if peft_on:
             self._peft.base_model.disable_adapter_layers()
         self.model = self._base
         try:
             yield
         finally:
             self.model = model
-            if on_base:
+            if peft_on:
                 self._peft.base_model.enable_adapter_layers()
+            if merged is not None:
+                merged.apply()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int,
                  stop: Sequence[str] = ()) -> list[str]:
@@ -293,6 +319,197 @@ class HFBackend(harness.Backend):
                 batch_size=self.options.batch_size, max_length=self.options.max_length,
             )
         return self._lm_eval[key]
+
+
+class MergedAdapter:
+    """One adapter merged into copies of the weights it touches: a forward pass then costs what
+    the base's costs, where peft's unmerged layers add the adapter's matrix products to every
+    linear layer (a variant evaluated 1.16-1.23 times as long as its base;
+    bench/many_variants.py).
+
+    The base's tensors are never written. Unmerging in float (peft's ``unmerge``) does not
+    give them back exactly; swapping the originals back in does, without arithmetic, so the
+    base scores bit for bit as if no adapter had been loaded. The price is one copy of the
+    touched weights while the adapter is active (freed by ``restore``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: (base layer, {parameter: original tensor}, {parameter: merged}, peft layer or None)
+        self.layers: list[tuple[Any, dict[str, Any], dict[str, Any], Any]] = []
+
+    @classmethod
+    def read(cls, model: Any, path: Any) -> MergedAdapter | None:
+        """A plain LoRA adapter (linear layers only; no DoRA, bias, extra modules or other
+        variant) merged from its files into ``model``'s layers, without peft building its
+        layers into the model: that is Python work on every module, more with every adapter
+        already built in (SmolLM2-135M, one thread: 0.6-0.8 s of CPU per adapter against
+        0.1 s read this way, a base evaluation on `capitals` being 7 s). None: not such an
+        adapter (peft loads it instead). Scaling as peft's ``LoraLayer``: alpha / r
+        (alpha / sqrt(r) with rsLoRA), r and alpha through the config's patterns."""
+        import math
+
+        import torch
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import load_peft_weights
+        from peft.utils.other import get_pattern_key
+
+        config = LoraConfig.from_pretrained(str(path))  # another method's config, if not LoRA
+        if type(config) is not LoraConfig or not _plain_lora_config(config):
+            return None
+        pairs: dict[str, dict[str, Any]] = {}
+        for key, tensor in load_peft_weights(str(path), device=_device_of(model)).items():
+            module, _, part = key.removeprefix("base_model.model.").rpartition(".lora_")
+            if part not in ("A.weight", "B.weight"):
+                return None
+            pairs.setdefault(module, {})[part[0]] = tensor
+        tied = _tied_parameters(model)
+        merged = cls(str(path))
+        with torch.no_grad():
+            for name, pair in pairs.items():
+                try:
+                    layer = model.get_submodule(name)
+                except AttributeError:
+                    return None
+                if isinstance(layer, BaseTunerLayer):  # built in by an earlier adapter, off
+                    layer = layer.get_base_layer()
+                r = config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), config.r)
+                alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name),
+                                                 config.lora_alpha)
+                weight = getattr(layer, "weight", None)
+                if (type(layer) is not torch.nn.Linear or set(pair) != {"A", "B"}
+                        or not _mergeable(weight, tied)
+                        or pair["A"].shape != (r, weight.shape[1])
+                        or pair["B"].shape != (weight.shape[0], r)):
+                    return None  # nothing is swapped in before the end
+                scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+                merged.layers.append((layer, {"weight": weight.data}, {
+                    "weight": _merged_weight(weight.data, pair["B"], pair["A"], scaling)}, None))
+        merged.apply()
+        return merged
+
+    @classmethod
+    def merge(cls, peft: Any, name: str) -> MergedAdapter | None:
+        """Adapter ``name``, active in ``peft``, merged into copies (a plain LoRA layer in one
+        fused product, DoRA and the rest by peft's own ``merge``); None leaves it unmerged,
+        applied by peft's layers as before: an adapter peft cannot merge (aLoRA, Arrow), a
+        quantised base layer, or a weight tied to another module (an embedding tied to the
+        output layer would change both)."""
+        import torch
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        touched = [m for m in peft.modules() if isinstance(m, BaseTunerLayer)
+                   and any(name in getattr(m, part, {}) for part in m.adapter_layer_names)]
+        tied = _tied_parameters(peft)
+        for module in touched:
+            weights = list(module.get_base_layer().parameters(recurse=False))
+            if not weights or not all(_mergeable(w, tied) for w in weights):
+                return None
+        merged = cls(name)
+        try:
+            with torch.no_grad():
+                for module in touched:
+                    base = module.get_base_layer()
+                    originals = {key: w.data for key, w in base.named_parameters(recurse=False)}
+                    merged.layers.append((base, originals, {}, module))
+                    if _plain_lora(module, name):
+                        base.weight.data = _merged_weight(
+                            originals["weight"], module.lora_B[name].weight,
+                            module.lora_A[name].weight, module.scaling[name],
+                            module.fan_in_fan_out)
+                        module.merged_adapters = [name]
+                    else:  # DoRA and the rest: peft's own merge, into a copy
+                        for key, w in base.named_parameters(recurse=False):
+                            w.data = originals[key].clone()
+                        module.merge(adapter_names=[name])
+                    merged.layers[-1][2].update(
+                        (key, w.data) for key, w in base.named_parameters(recurse=False))
+        except (NotImplementedError, RuntimeError):  # peft cannot merge it, or no memory for it
+            merged.restore()
+            return None
+        return merged
+
+    def restore(self) -> None:
+        """The original tensors back in their layers (peft told nothing is merged)."""
+        for base, originals, _, module in self.layers:
+            for key, tensor in originals.items():
+                getattr(base, key).data = tensor
+            if module is not None:
+                module.merged_adapters = []
+
+    def apply(self) -> None:
+        """The merged copies in their layers."""
+        for base, _, merged, module in self.layers:
+            for key, tensor in merged.items():
+                getattr(base, key).data = tensor
+            if module is not None:
+                module.merged_adapters = [self.name]
+
+
+#: LoraConfig fields that may differ from their defaults in an adapter ``read`` merges: the
+#: rest (DoRA, bias, modules to save, initialisations that rewrite the base, layer variants)
+#: change what the adapter computes, and peft loads such an adapter itself
+_PLAIN_LORA_FIELDS = {
+    "r", "lora_alpha", "lora_dropout", "use_rslora", "rank_pattern", "alpha_pattern",
+    "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+    "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version",
+    "auto_mapping", "init_lora_weights",
+}
+
+
+def _plain_lora_config(config: Any) -> bool:
+    import dataclasses
+
+    if config.init_lora_weights not in (True, False, "gaussian"):  # e.g. PiSSA: a new base
+        return False
+    default = type(config)()
+    return all(getattr(config, f.name) == getattr(default, f.name)
+               for f in dataclasses.fields(config) if f.name not in _PLAIN_LORA_FIELDS)
+
+
+def _plain_lora(module: Any, name: str) -> bool:
+    """A LoRA adapter on a plain linear layer, no DoRA or other variant, no bias of its own."""
+    from peft.tuners.lora.layer import Linear
+
+    return (type(module) is Linear and name not in module.lora_variant
+            and not module.lora_bias[name])
+
+
+def _tied_parameters(model: Any) -> set[int]:
+    """The ids of parameters held by more than one module (an output layer tied to the
+    embedding): merging into one would change the other."""
+    seen: set[int] = set()
+    tied: set[int] = set()
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        (tied if id(parameter) in seen else seen).add(id(parameter))
+    return tied
+
+
+def _mergeable(weight: Any, tied: set[int]) -> bool:
+    """A plain floating-point parameter of its own (not quantised, not tied)."""
+    import torch
+
+    return (type(weight) is torch.nn.Parameter and weight.dtype.is_floating_point
+            and id(weight) not in tied)
+
+
+def _merged_weight(weight: Any, lora_b: Any, lora_a: Any, scaling: float,
+                   fan_in_fan_out: bool = False) -> Any:
+    """``weight + scaling * B @ A`` (transposed for a fan-in-fan-out layer) as a new tensor,
+    in one fused product: what peft's merge computes, where cloning the weight and merging
+    into the clone passes over it four times (B @ A, its scaling, the clone, the sum).
+    Computed in float32 at least, rounded once to the weight's precision."""
+    import torch
+
+    dtype = torch.promote_types(lora_b.dtype, torch.float32)
+    first, second = (lora_a.T, lora_b.T) if fan_in_fan_out else (lora_b, lora_a)
+    merged = torch.addmm(weight.to(dtype), first.to(dtype), second.to(dtype), alpha=scaling)
+    return merged.to(weight.dtype)
+
+
+def _device_of(model: Any) -> str:
+    return str(next(model.parameters()).device)
 
 
 def _adapter_name(variant: Variant) -> str:
