@@ -7,8 +7,11 @@ import pytest
 from harness import EvaluatorSpec
 from harness.errors import DataError
 from harness_plugins.evaluators.benchmark import (
+    ENVIRONMENT_NOT_COLLECTED,
     BenchmarkEvaluator,
     BenchmarkOptions,
+    _decontamination_query,
+    _without_environment_report,
     task_config_for_jsonl,
 )
 
@@ -107,6 +110,101 @@ def test_lm_eval_task_without_its_data_names_task_and_dataset(backend):
     spec = EvaluatorSpec("hs", "benchmark", "general", "lm_eval:hellaswag", 0)
     with pytest.raises(RuntimeError, match=r"lm-eval task 'hellaswag' could not run: .*Rowan/hellaswag"):
         BenchmarkEvaluator(spec, BenchmarkOptions(limit=2)).evaluate(backend)
+
+
+# Questions that a Jinja template and an f-string could render differently if either
+# touched the text: template syntax, escapes, markup, newlines, blanks, digits, unicode.
+AWKWARD = ["{{ question }} and {% raw %}x{% endraw %}", "a {# comment #} b", "<b>bold</b> & 'q'",
+           "line one\nline two\n", "ends with CRLF\r\n", "  padded  ", "12345", "\\n literal",
+           "Ünïcödé — ✓ 東京", "tab\there", "{{", "}}"]
+
+
+def _generated_items(n: int) -> list[dict]:
+    words = "the of river island capital north south king war lake city treaty".split()
+    rows = []
+    for i in range(n):
+        question = (AWKWARD[i] if i < len(AWKWARD)
+                    else " ".join(words[(i * k) % len(words)] for k in range(1, 3 + i % 9)) + "?")
+        rows.append({"id": f"q{i}", "question": question,
+                     "choices": [f"{words[(i + j) % len(words)]} {j}" for j in range(4)],
+                     "answer": i % 4})
+    return rows
+
+
+def _per_item(output: dict, task: str) -> list[tuple]:
+    return [(s["doc_id"], s["arguments"], s["filtered_resps"], s["acc"], s["acc_norm"])
+            for s in output["samples"][task]]
+
+
+@pytest.mark.parametrize("num_fewshot", [0, 2], ids=["zero_shot", "two_shot"])
+def test_functions_config_scores_every_item_as_the_jinja_config(tmp_path, backend, num_fewshot):
+    """The config the harness builds (its prompt a function, read without lm-eval's
+    per-document template compile) gives lm-eval the same requests as the YAML-style Jinja
+    config, and the same per-item scores and metrics, on a few hundred items."""
+    from lm_eval import simple_evaluate
+
+    from harness_plugins.evaluators.benchmark import task_manager
+
+    n = 300 if num_fewshot == 0 else 60
+    data = write_jsonl(tmp_path / "items.jsonl", _generated_items(n))
+    outputs = {}
+    for templates in (True, False):
+        config = task_config_for_jsonl("same", data, BenchmarkOptions(), templates=templates)
+        assert callable(config["doc_to_text"]) is not templates
+        outputs[templates] = simple_evaluate(
+            model=backend.lm_eval_model(), tasks=[config], task_manager=task_manager(None, False),
+            num_fewshot=num_fewshot, log_samples=True, verbosity="ERROR", random_seed=0,
+            numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    jinja, functions = (_per_item(outputs[t], "harness_same") for t in (True, False))
+    assert len(jinja) == n and functions == jinja
+    assert outputs[False]["results"] == outputs[True]["results"]
+    if num_fewshot == 0:
+        prompts = [s["arguments"][0][0] for s in outputs[False]["samples"]["harness_same"]]
+        assert prompts[:len(AWKWARD)] == [f"Question: {q}\nAnswer:" for q in AWKWARD]
+
+
+def test_decontamination_query_is_the_question_for_either_config(tmp_path):
+    data = write_jsonl(tmp_path / "items.jsonl", _generated_items(40))
+    docs = _generated_items(40)
+    queries = [_decontamination_query(task_config_for_jsonl("x", data, BenchmarkOptions(),
+                                                            templates=templates))
+               for templates in (True, False)]
+    assert [queries[0](d) for d in docs] == [queries[1](d) for d in docs] == [d["question"] for d in docs]
+    other = _decontamination_query({"should_decontaminate": True,
+                                    "doc_to_decontamination_query": "{{question}} / {{id}}"})
+    assert other(docs[20]) == f"{docs[20]['question']} / q20"
+    assert other({"question": "no id"}) is None  # a template this document cannot fill
+    assert _decontamination_query({"doc_to_decontamination_query": "question"}) is None
+
+
+def test_a_file_is_read_again_when_it_changes(tmp_path):
+    """The check at validation and the cell's config read the file once; a file changed in
+    between is read again, and its error still names the line."""
+    data = write_jsonl(tmp_path / "task.jsonl", MC_ROWS)
+    assert task_config_for_jsonl("x", data, BenchmarkOptions())["output_type"] == "multiple_choice"
+    write_jsonl(data, MC_ROWS[:2] + GEN_ROWS[:1])
+    with pytest.raises(DataError, match=r"task.jsonl:3: field 'choices': mixes"):
+        task_config_for_jsonl("x", data, BenchmarkOptions())
+    write_jsonl(data, GEN_ROWS)
+    assert task_config_for_jsonl("x", data, BenchmarkOptions())["output_type"] == "generate_until"
+    with pytest.raises(DataError, match="cannot read"):
+        task_config_for_jsonl("x", tmp_path / "missing.jsonl", BenchmarkOptions())
+
+
+def test_environment_report_is_skipped_only_during_the_call():
+    """lm-eval's closing environment report (a few subprocesses, seconds per cell) is
+    skipped while the harness calls it, and lm-eval's own function is back afterwards,
+    also after an error."""
+    import lm_eval.evaluator
+
+    original = lm_eval.evaluator.add_env_info
+    with pytest.raises(ValueError):
+        with _without_environment_report():
+            storage: dict = {}
+            lm_eval.evaluator.add_env_info(storage)
+            assert storage == {"pretty_env_info": ENVIRONMENT_NOT_COLLECTED}
+            raise ValueError
+    assert lm_eval.evaluator.add_env_info is original
 
 
 REFERENCE = r"""

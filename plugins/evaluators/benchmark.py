@@ -11,12 +11,21 @@
 
 lm-eval does the prompting, scoring and aggregation; the harness stores its
 metrics as returned and its per-item results as samples.
+
+The configs built here give lm-eval a Python function and field names, not Jinja
+templates: lm-eval compiles a template string again for every document it renders
+(``lm_eval.utils.apply_template`` keeps no cache), 0.4 ms each here, a tenth of a
+5,000-item run with the tiny model (bench/eval_overhead.py). ``task_config_for_jsonl(...,
+templates=True)`` gives the same task as a YAML file would say it; both render the same
+prompts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,14 @@ from harness import (
 )
 
 LM_EVAL_PREFIX = "lm_eval:"
+#: the prompt as a Jinja template (what a YAML task would say); ``prompt`` renders it
 PROMPT = "Question: {{question}}\nAnswer:"
+
+
+def prompt(doc: dict[str, Any]) -> str:
+    """``PROMPT`` rendered for one document, without Jinja (the question is text, as
+    ``ItemRow`` requires; Jinja would insert it unchanged)."""
+    return f"Question: {doc['question']}\nAnswer:"
 
 
 class BenchmarkOptions(harness.Options):
@@ -69,13 +85,13 @@ class ItemRow(DataRow):
         return self
 
 
-def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> dict[str, Any]:
-    """An lm-eval task config (as its YAML would say) for a file in our offline format."""
-    rows = read_jsonl(path, ItemRow)
-    kinds = {row.choices is not None for _, row in rows}
-    if len(kinds) > 1:
-        line = next(n for n, row in rows if (row.choices is not None) != (rows[0][1].choices is not None))
-        raise DataError(path, line, "mixes multiple-choice and generation rows", field="choices")
+def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions, *,
+                          templates: bool = False) -> dict[str, Any]:
+    """An lm-eval task config for a file in our offline format: with ``templates``, as
+    its YAML would say it (Jinja strings); else with the prompt as a function and the
+    decontamination query as a field name, which lm-eval renders without compiling a
+    template per document. Both give lm-eval the same prompts."""
+    multiple_choice = _multiple_choice(path)
     config: dict[str, Any] = {
         "task": f"harness_{name}",
         "dataset_path": "json",
@@ -83,13 +99,13 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> d
         "test_split": "test",
         # few-shot examples come from the same file; lm-eval leaves out the item itself
         "fewshot_split": "test",
-        "doc_to_text": PROMPT,
+        "doc_to_text": PROMPT if templates else prompt,
         # the question alone, for contamination checks (lm-eval's own setting)
         "should_decontaminate": True,
-        "doc_to_decontamination_query": "{{question}}",
+        "doc_to_decontamination_query": "{{question}}" if templates else "question",
         "metadata": {"version": 1.0},
     }
-    if kinds == {True}:
+    if multiple_choice:
         config.update(
             output_type="multiple_choice",
             doc_to_choice="choices",
@@ -113,6 +129,28 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions) -> d
                           "ignore_punctuation": True}],
         )
     return config
+
+
+def _multiple_choice(path: Path) -> bool:
+    """Whether a file in our offline format holds multiple-choice rows (else generation
+    rows). It is read and checked once per version of the file: the suite's validation
+    reads it, and each of its cells asks again."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        read_jsonl(path, ItemRow)  # raises the DataError that says why it cannot be read
+        raise
+    return _read_kind(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_kind(path: str, mtime_ns: int, size: int) -> bool:
+    rows = read_jsonl(path, ItemRow)
+    kinds = {row.choices is not None for _, row in rows}
+    if len(kinds) > 1:
+        line = next(n for n, row in rows if (row.choices is not None) != (rows[0][1].choices is not None))
+        raise DataError(Path(path), line, "mixes multiple-choice and generation rows", field="choices")
+    return kinds == {True}
 
 
 class BenchmarkEvaluator(harness.Evaluator):
@@ -146,20 +184,21 @@ class BenchmarkEvaluator(harness.Evaluator):
         if self.options.batch_size and default_batch is not None:
             lm.batch_size_per_gpu = self.options.batch_size  # HFLM's own batch setting
         try:
-            output = simple_evaluate(
-                model=lm,
-                tasks=[task],
-                task_manager=manager,
-                num_fewshot=self.options.num_fewshot,
-                limit=self.options.limit,
-                log_samples=True,
-                apply_chat_template=self.options.apply_chat_template,
-                random_seed=self.spec.seed,
-                numpy_random_seed=self.spec.seed,
-                torch_random_seed=self.spec.seed,
-                fewshot_random_seed=self.spec.seed,
-                verbosity="ERROR",
-            )
+            with _without_environment_report():
+                output = simple_evaluate(
+                    model=lm,
+                    tasks=[task],
+                    task_manager=manager,
+                    num_fewshot=self.options.num_fewshot,
+                    limit=self.options.limit,
+                    log_samples=True,
+                    apply_chat_template=self.options.apply_chat_template,
+                    random_seed=self.spec.seed,
+                    numpy_random_seed=self.spec.seed,
+                    torch_random_seed=self.spec.seed,
+                    fewshot_random_seed=self.spec.seed,
+                    verbosity="ERROR",
+                )
         except Exception as exc:
             raise RuntimeError(f"lm-eval task {task_label!r} could not run: "
                                f"{type(exc).__name__}: {first_line(exc)}") from exc
@@ -253,6 +292,38 @@ class BenchmarkEvaluator(harness.Evaluator):
         return samples
 
 
+#: what ``output["pretty_env_info"]`` says when the report was skipped
+ENVIRONMENT_NOT_COLLECTED = "not collected: harness does not keep lm-eval's environment report"
+
+
+@contextlib.contextmanager
+def _without_environment_report() -> Iterator[None]:
+    """While ``simple_evaluate`` runs, its closing ``add_env_info`` only notes that it was
+    skipped. That report (torch's ``collect_env``: ``pip list``, compilers, GPUs, each a
+    subprocess) took 1.3-4 s per call here, once per cell, and the harness never reads it.
+
+    This replaces lm-eval's module attribute for the length of the call (put back after,
+    whatever happens), because there is no other way to skip it: ``simple_evaluate`` has
+    no switch for it, and calling ``lm_eval.evaluate`` directly would mean copying
+    ``simple_evaluate``'s task setup (seeds, few-shot overrides), whose metrics the harness
+    must equal. If lm-eval drops or renames the function, nothing is replaced."""
+    import lm_eval.evaluator
+
+    original = getattr(lm_eval.evaluator, "add_env_info", None)
+    if original is None:
+        yield
+        return
+
+    def note_skipped(storage: dict[str, Any]) -> None:
+        storage["pretty_env_info"] = ENVIRONMENT_NOT_COLLECTED
+
+    lm_eval.evaluator.add_env_info = note_skipped
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info = original
+
+
 @functools.cache
 def task_manager(include_path: str | None, include_defaults: bool) -> Any:
     """One lm-eval TaskManager per process and task folder: building the index of lm-eval's
@@ -265,17 +336,25 @@ def task_manager(include_path: str | None, include_defaults: bool) -> Any:
 
 def _decontamination_query(config: dict[str, Any]) -> Any:
     """The task's ``doc_to_decontamination_query`` as a function of a document (what
-    lm-eval's ``Task`` does with it), or None when the task defines none."""
+    lm-eval's ``Task`` does with it), or None when the task defines none. A template is
+    compiled once, not once per document as ``lm_eval.utils.apply_template`` would."""
     template = config.get("doc_to_decontamination_query")
     if not config.get("should_decontaminate") or not isinstance(template, str):
         return None
-    from lm_eval.utils import apply_template
+    from lm_eval.utils import env  # lm-eval's own Jinja environment
+
+    try:
+        compiled = env.from_string(template)
+    except Exception:  # not a template: only a field name can fill it
+        compiled = None
 
     def render(doc: dict[str, Any]) -> str | None:
         if template in doc:
             return str(doc[template])
+        if compiled is None:
+            return None
         try:
-            return apply_template(template, doc)
+            return compiled.render(**doc)
         except Exception:  # a template this document cannot fill: no query for it
             return None
 
