@@ -89,7 +89,8 @@ def _done_cells(store) -> dict[str, str]:
 
 
 def _assert_whole(store, cells: int) -> None:
-    """Every cell once and done; metrics and samples exactly once per cell; no orphans."""
+    """Every cell once and done; metrics and samples exactly once per cell; no orphans;
+    every sample's item text stored once."""
     _, rows = query(store, "SELECT count(*), count(DISTINCT cell_key), "
                            "count(*) FILTER (WHERE status = 'done') FROM cells")
     assert rows == [(cells, cells, cells)]
@@ -98,6 +99,10 @@ def _assert_whole(store, cells: int) -> None:
         "SELECT cell_key, item_index FROM samples GROUP BY ALL HAVING count(*) > 1",
         "SELECT cell_key FROM metrics WHERE cell_key NOT IN (SELECT cell_key FROM cells)",
         "SELECT cell_key FROM samples WHERE cell_key NOT IN (SELECT cell_key FROM cells)",
+        # every sample's text is stored, once
+        "SELECT text_key FROM sample_rows WHERE text_key IS NOT NULL "
+        "AND text_key NOT IN (SELECT text_key FROM item_texts)",
+        "SELECT text_key FROM item_texts GROUP BY ALL HAVING count(*) > 1",
         "SELECT cell_key FROM cells c WHERE NOT EXISTS "
         "(SELECT 1 FROM metrics m WHERE m.cell_key = c.cell_key AND m.is_primary)",
     ):

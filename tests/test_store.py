@@ -122,7 +122,10 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     the current version."""
     import duckdb
 
+    from .store_versions import as_version_7
+
     _cell(store, "c1", "base", "e", 0.5)
+    as_version_7(store.path)  # samples a table of its own, as before version 8
     con = duckdb.connect(str(store.path))
     con.execute("DROP TABLE alerts")
     con.execute("DROP TABLE paired_tests")
@@ -141,6 +144,8 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
                                    "WHERE table_name = 'samples' ORDER BY ordinal_position")
     assert [c for (c,) in columns][-2:] == ["min_k", "min_k_plus"]
+    _, samples = query(store.path, "SELECT item_id, score, min_k FROM samples ORDER BY item_index")
+    assert samples == [(f"i{i}", float(i % 2), None) for i in range(10)]
     _, tables = query(store.path, "SELECT count(*) FROM paired_tests, contamination")
     assert tables == [(0,)]
     _cell(store, "c2", "base", "e2", 0.1)  # writes go on, with alerts possible
@@ -238,11 +243,25 @@ def test_each_row_dataclass_has_its_tables_columns_in_order(store):
     """The typed rows and the schema are one contract: a field the table lacks, or a column
     the row lacks, fails here rather than as a NULL column in a user's store."""
     from harness.store.rows import TABLE_OF, columns
+    from harness.store.store import (
+        ALERT_COLUMNS,
+        METRIC_COLUMNS,
+        SAMPLE_COLUMNS,
+        SAMPLE_ROW_COLUMNS,
+    )
 
-    for row_type, table in TABLE_OF.items():
+    def catalogue(table: str) -> list[str]:
         _, rows = query(store.path, "SELECT column_name FROM information_schema.columns "
                                     "WHERE table_name = ? ORDER BY ordinal_position", [table])
-        assert columns(row_type) == [c for (c,) in rows], table
+        return [c for (c,) in rows]
+
+    for row_type, table in TABLE_OF.items():
+        assert columns(row_type) == catalogue(table), table
+    # the rows written from evaluators' records: metrics, samples (the view, and the table
+    # its rows go to) and alerts
+    for names, table in ((METRIC_COLUMNS, "metrics"), (SAMPLE_COLUMNS, "samples"),
+                         (SAMPLE_ROW_COLUMNS, "sample_rows"), (ALERT_COLUMNS, "alerts")):
+        assert list(names) == catalogue(table), table
 
 
 def test_a_version_5_store_gets_the_lineage_and_new_paired_tests(store):
@@ -251,6 +270,9 @@ def test_a_version_5_store_gets_the_lineage_and_new_paired_tests(store):
     to be made again with mid-p McNemar and the paired t-test."""
     import duckdb
 
+    from .store_versions import as_version_7
+
+    as_version_7(store.path)
     con = duckdb.connect(str(store.path))
     for column in ("parent_key", "root_key", "tuner", "recipe_key", "recipe", "seed", "sweep"):
         con.execute(f"ALTER TABLE variants DROP COLUMN {column}")

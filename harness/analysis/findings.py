@@ -41,7 +41,8 @@ def record_paired_tests(store: Store) -> int:
         rows = []
         for variant_cell, base_cell in pairs:
             scores = con.execute("""
-                SELECT b.score, v.score FROM samples b JOIN samples v
+                -- the scores alone: sample_rows, not the samples view's join with texts
+                SELECT b.score, v.score FROM sample_rows b JOIN sample_rows v
                   ON v.item_index = b.item_index AND v.cell_key = ?
                 WHERE b.cell_key = ? AND b.score IS NOT NULL AND v.score IS NOT NULL
                   AND isfinite(b.score) AND isfinite(v.score)
@@ -243,7 +244,7 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
             if settings.membership and model_key not in done:
                 scored = con.execute("""
                     SELECT v.item_index, v.item_id, b.min_k, v.min_k, b.min_k_plus, v.min_k_plus
-                    FROM samples v JOIN samples b
+                    FROM sample_rows v JOIN sample_rows b
                       ON b.cell_key = ? AND b.item_index = v.item_index
                     WHERE v.cell_key = ? AND v.min_k_plus IS NOT NULL
                       AND b.min_k_plus IS NOT NULL

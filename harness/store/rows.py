@@ -2,7 +2,10 @@
 
 The store writes each with one typed method (:class:`harness.store.Store`); a misspelt
 field is a ``TypeError`` where the row is made, not a NULL column. Metrics, samples and
-alerts are written from the records evaluators return (:mod:`harness.records`).
+alerts are written from the records evaluators return (:mod:`harness.records`), column by
+column (``METRIC_COLUMNS``, ``SAMPLE_COLUMNS``, ``ALERT_COLUMNS`` in
+:mod:`harness.store.store`); samples go to ``sample_rows`` and ``item_texts``, and read back
+through the view ``samples``. A test checks these against the tables too.
 """
 
 from __future__ import annotations

@@ -7,12 +7,24 @@ columns in the same order; a test checks that they agree.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
+
+#: The key of an item's text in ``item_texts``: the MD5 (32 hex digits) of its prompt and
+#: target, each NULL told apart from an empty string and the prompt's end marked by its
+#: length (``12:<prompt>`` or ``-``, then ``:<target>`` or ``-``), so that no two different
+#: pairs encode alike; NULL when both are NULL. One SQL expression over columns named
+#: ``prompt`` and ``target``: DuckDB computes it over a cell's samples as they are written
+#: (``Store.write_cell``, in one statement over their Arrow table), and over the old
+#: ``samples`` table in migration 7.
+TEXT_KEY = ("CASE WHEN prompt IS NULL AND target IS NULL THEN NULL ELSE md5("
+            "CASE WHEN prompt IS NULL THEN '-' ELSE strlen(prompt)::VARCHAR || ':' || prompt END"
+            " || CASE WHEN target IS NULL THEN '-' ELSE ':' || target END) END")
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one transaction
 #: when a newer harness opens an older store. New tables need none: ``TABLES`` creates
 #: what is missing (version 2 added ``alerts``, version 3 ``paired_tests``, version 4
-#: ``contamination``); only changes to existing tables are listed.
+#: ``contamination``, version 8 ``item_texts`` and ``sample_rows``, before the migrations
+#: run); only changes to existing tables are listed.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE cells ADD COLUMN IF NOT EXISTS info JSON",  # version 2: cells.info
     3: "ALTER TABLE samples ADD COLUMN IF NOT EXISTS min_k DOUBLE; "  # version 4: membership
@@ -36,6 +48,18 @@ MIGRATIONS: dict[int, str] = {
        "ALTER TABLE variants ADD COLUMN IF NOT EXISTS step INTEGER; "
        "ALTER TABLE variants ADD COLUMN IF NOT EXISTS sources JSON; "
        "UPDATE variants SET origin = 'tuned' WHERE origin IS NULL",
+    # version 8: each item's prompt and target once, in item_texts; the samples table's other
+    # columns, in its order, in sample_rows; ``samples`` is then a view (harness/store/views.py,
+    # made after the migrations) that joins them back
+    7: f"INSERT INTO item_texts (text_key, prompt, target) "
+       f"SELECT text_key, any_value(prompt), any_value(target) FROM ("
+       f"SELECT {TEXT_KEY} AS text_key, prompt, target FROM samples) "
+       f"WHERE text_key IS NOT NULL GROUP BY text_key; "
+       f"INSERT INTO sample_rows (cell_key, item_index, item_id, text_key, output, score, "
+       f"logprobs, extra, min_k, min_k_plus) "
+       f"SELECT cell_key, item_index, item_id, {TEXT_KEY}, output, score, logprobs, extra, "
+       f"min_k, min_k_plus FROM samples; "
+       f"DROP TABLE samples",
 }
 
 TABLES = """
@@ -129,7 +153,7 @@ CREATE TABLE IF NOT EXISTS cells (
     info JSON,
     backend_path VARCHAR
 );
--- metrics and samples carry no primary key: a cell's rows are replaced by a
+-- metrics and sample_rows carry no primary key: a cell's rows are replaced by a
 -- delete and an insert inside one transaction, which DuckDB's index checks
 -- would reject for the same key.
 CREATE TABLE IF NOT EXISTS metrics (
@@ -141,18 +165,29 @@ CREATE TABLE IF NOT EXISTS metrics (
     higher_is_better BOOLEAN,
     is_primary BOOLEAN
 );
-CREATE TABLE IF NOT EXISTS samples (
+-- one row per evaluated item of a cell; the item's prompt and target are stored once per
+-- distinct pair in item_texts (text_key: TEXT_KEY below; NULL when both are NULL), and the
+-- view ``samples`` (harness/store/views.py) joins them back
+CREATE TABLE IF NOT EXISTS sample_rows (
     cell_key VARCHAR,
     item_index INTEGER,
     item_id VARCHAR,
-    prompt VARCHAR,
-    target VARCHAR,
+    text_key VARCHAR,
     output VARCHAR,
     score DOUBLE,
     logprobs DOUBLE[],
     extra JSON,
     min_k DOUBLE,
     min_k_plus DOUBLE
+);
+-- each (prompt, target) of the samples once. Only added to, by inserts that skip keys
+-- already present: a rewritten cell's texts stay, whether or not another cell still refers
+-- to them. No primary key: keeping its index made writes slower and the file larger
+-- (harness/store/store.py, _insert_samples); the store's one writer keeps keys unique
+CREATE TABLE IF NOT EXISTS item_texts (
+    text_key VARCHAR,
+    prompt VARCHAR,
+    target VARCHAR
 );
 -- a variant's cell against its base's cell on the same items (harness/analysis/stats.py)
 CREATE TABLE IF NOT EXISTS paired_tests (

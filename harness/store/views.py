@@ -10,6 +10,13 @@ import hashlib
 import re
 
 VIEWS = """
+-- one row per evaluated item of every cell, with its item's text joined back: the columns,
+-- in their order, of the samples table that schema versions 1 to 7 stored
+CREATE OR REPLACE VIEW samples AS
+SELECT r.cell_key, r.item_index, r.item_id, t.prompt, t.target, r.output, r.score,
+       r.logprobs, r.extra, r.min_k, r.min_k_plus
+FROM sample_rows r LEFT JOIN item_texts t USING (text_key);
+
 -- the newest finished cell per (suite, model, variant, evaluator), primary metric only
 CREATE OR REPLACE VIEW latest_scores AS
 SELECT c.suite, c.model_name AS model, c.model_key, c.variant_name AS variant, c.variant_key,
@@ -147,8 +154,9 @@ SELECT p.suite, p.model, p.variant, p.evaluator, p.role, p.metric, p.base_value 
        avg(bs.score) FILTER (WHERE NOT coalesce(f.flagged, false)) AS base_clean_item_mean,
        string_agg(DISTINCT f.flagged_by, '; ') AS flagged_by
 FROM base_pairs p
-JOIN samples s ON s.cell_key = p.variant_cell_key
-LEFT JOIN samples bs ON bs.cell_key = p.base_cell_key AND bs.item_index = s.item_index
+-- scores only: sample_rows, not the samples view and its join with the items' texts
+JOIN sample_rows s ON s.cell_key = p.variant_cell_key
+LEFT JOIN sample_rows bs ON bs.cell_key = p.base_cell_key AND bs.item_index = s.item_index
 LEFT JOIN flags f ON f.variant_key = p.variant_key AND f.evaluator_key = p.evaluator_key
                  AND f.item_index = s.item_index
 WHERE EXISTS (SELECT 1 FROM contamination c WHERE c.variant_key = p.variant_key
