@@ -472,21 +472,30 @@ def _contamination(reader: Reader, label: Any) -> Section:
         [[label(r), r["evaluator"], r["method"], str(r["flagged"]), str(r["items"]),
           fmt(r["mean_score"], 3), fmt(r["max_score"], 3)] for r in summary],
         caption="Per variant, evaluator and method."))
-    items = reader.rows("""
-        SELECT c.model, c.variant, c.evaluator, c.item_id, c.item_index,
-               string_agg(c.method || ' ' || round(c.score, 3), ', ' ORDER BY c.method) AS methods,
-               any_value(s.prompt) AS prompt, any_value(s.target) AS target,
-               any_value(s.extra) AS extra
-        FROM contamination c
+    # the items listed are picked before their texts are joined: joining every flagged item
+    # to the samples first held the samples' texts in memory (1.4 GiB for a store of
+    # 1,000,000 samples; bench/cost_curves.py)
+    shown = reader.rows(f"""
+        WITH flagged AS (
+            SELECT c.model, c.variant, c.variant_key, c.evaluator, c.evaluator_key, c.item_id,
+                   c.item_index, count(*) OVER () AS total,
+                   string_agg(c.method || ' ' || round(c.score, 3), ', '
+                              ORDER BY c.method) AS methods
+            FROM contamination c
+            WHERE c.suite = ? AND c.flagged
+            GROUP BY c.model, c.variant, c.variant_key, c.evaluator, c.evaluator_key,
+                     c.item_id, c.item_index
+            ORDER BY c.model, c.variant, c.evaluator, c.item_index
+            LIMIT {MAX_ITEMS_LISTED})
+        SELECT f.*, s.prompt, s.target, s.extra
+        FROM flagged f
         LEFT JOIN base_pairs p USING (variant_key, evaluator_key)
-        LEFT JOIN samples s ON s.cell_key = p.base_cell_key AND s.item_index = c.item_index
-        WHERE c.suite = ? AND c.flagged
-        GROUP BY c.model, c.variant, c.evaluator, c.item_id, c.item_index
-        ORDER BY c.model, c.variant, c.evaluator, c.item_index""")
-    if items:
-        shown = items[:MAX_ITEMS_LISTED]
-        caption = "Flagged items" + (f" (the first {len(shown)} of {len(items)})"
-                                     if len(items) > len(shown) else "")
+        LEFT JOIN samples s ON s.cell_key = p.base_cell_key AND s.item_index = f.item_index
+        ORDER BY f.model, f.variant, f.evaluator, f.item_index""")
+    if shown:
+        total = shown[0]["total"]
+        caption = "Flagged items" + (f" (the first {len(shown)} of {total})"
+                                     if total > len(shown) else "")
         section.tables.append(Table(
             ["variant", "evaluator", "item", "flagged by (score)", "item text"],
             [[label(r), r["evaluator"], r["item_id"] or str(r["item_index"]), r["methods"],
