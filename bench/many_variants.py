@@ -60,7 +60,7 @@ mode, adapters, data, threads = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3
 if threads:
     torch.set_num_threads(threads)
 if mode == "once-unmerged":  # the backend as it was: peft's layers in every forward pass
-    loading.MergedAdapter.read = classmethod(lambda cls, model, path: None)
+    loading.MergedAdapter.read = classmethod(lambda cls, model, path, buffers=None: None)
     loading.MergedAdapter.merge = classmethod(lambda cls, peft, name: None)
 path = builtin_model_path("smollm2-135m-instruct")
 model = ResolvedModel("smollm2", "builtin:smollm2-135m-instruct", path, "bench")

@@ -129,6 +129,22 @@ def test_as_base_inside_a_variant_is_the_base_bit_for_bit(tiny_model, variants, 
     assert backend.active is variants[name]
 
 
+def test_a_variant_after_another_reuses_its_copies_and_scores_as_if_alone(tiny_model,
+                                                                          variants):
+    """The merged copies of one plain LoRA are written over by the next (no new memory per
+    variant), and what is left of the first changes nothing of the second."""
+    alone = _backend(tiny_model)
+    alone.activate(variants["lora"])
+    expected = _outputs(alone)
+
+    backend = _backend(tiny_model)
+    backend.activate(variants["lora2"])
+    first = {name: copy.data_ptr() for name, copy in backend._buffers.items()}
+    backend.activate(variants["lora"])
+    assert first and {name: copy.data_ptr() for name, copy in backend._buffers.items()} == first
+    _identical(_outputs(backend), expected)
+
+
 @pytest.mark.parametrize("name", ["lora", "lora2", "dora", "stacked"])
 def test_variant_scores_as_peft_unmerged_adapter(tiny_model, variants, untouched, name,
                                                  monkeypatch):
@@ -138,7 +154,7 @@ def test_variant_scores_as_peft_unmerged_adapter(tiny_model, variants, untouched
     assert (merged._peft is not None) == (name == "dora")  # a plain LoRA: read, not built in
     scores = [s.logprobs for s in merged.score_texts(TEXTS)]
 
-    monkeypatch.setattr(loading.MergedAdapter, "read", classmethod(lambda cls, m, p: None))
+    monkeypatch.setattr(loading.MergedAdapter, "read", classmethod(lambda cls, m, p, b=None: None))
     monkeypatch.setattr(loading.MergedAdapter, "merge", classmethod(lambda cls, p, n: None))
     unmerged = _backend(tiny_model)
     unmerged.activate(variants[name])

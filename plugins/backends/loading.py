@@ -46,6 +46,7 @@ class HFBackend(harness.Backend):
         self._stacked: tuple[Any, Any] | None = None  # (parent weights folder, peft model)
         self._adapters: set[str] = set()
         self._merged: MergedAdapter | None = None  # the active adapter, merged into copies
+        self._buffers: dict[str, Any] = {}  # MergedAdapter.read's copies, reused by the next
         self._peft_on = False  # the active adapter runs through peft's layers on the base
         self._lm_eval: dict[int, Any] = {}
         self.tokenizer: Any = None
@@ -58,6 +59,7 @@ class HFBackend(harness.Backend):
         self.device = pick_device(self.options.device)
         self._dtype = pick_dtype(self.options.dtype, self.device)
         self._resolved = model
+        self._buffers.clear()  # another base: its layers are not the same
         self.tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
         self._base = load_causal_lm(model.path, device=self.device, dtype=self._dtype,
                                     trust_remote_code=model.trust_remote_code)
@@ -105,7 +107,7 @@ class HFBackend(harness.Backend):
         return peft
 
     def _activate_adapter(self, variant: Variant) -> None:
-        self._merged = MergedAdapter.read(self._base, variant.path)
+        self._merged = MergedAdapter.read(self._base, variant.path, self._buffers)
         if self._merged is not None:  # a plain LoRA: merged from its files, no peft layers
             return
         from peft import PeftModel
@@ -129,6 +131,7 @@ class HFBackend(harness.Backend):
 
     def close(self) -> None:
         self.model = self._base = self._peft = self._stacked = self._merged = None
+        self._buffers.clear()
         self._lm_eval.clear()
 
     # -- scoring --------------------------------------------------------------------
@@ -330,7 +333,10 @@ class MergedAdapter:
     The base's tensors are never written. Unmerging in float (peft's ``unmerge``) does not
     give them back exactly; swapping the originals back in does, without arithmetic, so the
     base scores bit for bit as if no adapter had been loaded. The price is one copy of the
-    touched weights while the adapter is active (freed by ``restore``).
+    touched weights: for a plain LoRA read from its files, kept by the backend and written
+    over by the next adapter (allocating the copies anew per variant made some processes
+    evaluate variants 13-38% slower than their base; bench/many_variants.py); otherwise
+    freed once the adapter is no longer active.
     """
 
     def __init__(self, name: str) -> None:
@@ -339,14 +345,20 @@ class MergedAdapter:
         self.layers: list[tuple[Any, dict[str, Any], dict[str, Any], Any]] = []
 
     @classmethod
-    def read(cls, model: Any, path: Any) -> MergedAdapter | None:
+    def read(cls, model: Any, path: Any,
+             buffers: dict[str, Any] | None = None) -> MergedAdapter | None:
         """A plain LoRA adapter (linear layers only; no DoRA, bias, extra modules or other
         variant) merged from its files into ``model``'s layers, without peft building its
         layers into the model: that is Python work on every module, more with every adapter
         already built in (SmolLM2-135M, one thread: 0.6-0.8 s of CPU per adapter against
         0.1 s read this way, a base evaluation on `capitals` being 7 s). None: not such an
         adapter (peft loads it instead). Scaling as peft's ``LoraLayer``: alpha / r
-        (alpha / sqrt(r) with rsLoRA), r and alpha through the config's patterns."""
+        (alpha / sqrt(r) with rsLoRA), r and alpha through the config's patterns.
+
+        ``buffers`` (module name -> tensor) keeps each layer's merged copy for the next
+        adapter to write into, instead of allocating every copy again for each variant
+        (hundreds of MiB freed and allocated per activation otherwise); the caller must not
+        reuse them while this adapter's copies are applied."""
         import math
 
         import torch
@@ -384,8 +396,11 @@ class MergedAdapter:
                         or pair["B"].shape != (weight.shape[0], r)):
                     return None  # nothing is swapped in before the end
                 scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-                merged.layers.append((layer, {"weight": weight.data}, {
-                    "weight": _merged_weight(weight.data, pair["B"], pair["A"], scaling)}, None))
+                out = None if buffers is None else buffers.get(name)
+                copy = _merged_weight(weight.data, pair["B"], pair["A"], scaling, out=out)
+                if buffers is not None:
+                    buffers[name] = copy
+                merged.layers.append((layer, {"weight": weight.data}, {"weight": copy}, None))
         merged.apply()
         return merged
 
@@ -495,15 +510,19 @@ def _mergeable(weight: Any, tied: set[int]) -> bool:
 
 
 def _merged_weight(weight: Any, lora_b: Any, lora_a: Any, scaling: float,
-                   fan_in_fan_out: bool = False) -> Any:
+                   fan_in_fan_out: bool = False, out: Any = None) -> Any:
     """``weight + scaling * B @ A`` (transposed for a fan-in-fan-out layer) as a new tensor,
     in one fused product: what peft's merge computes, where cloning the weight and merging
     into the clone passes over it four times (B @ A, its scaling, the clone, the sum).
-    Computed in float32 at least, rounded once to the weight's precision."""
+    Computed in float32 at least, rounded once to the weight's precision; into ``out`` when
+    it is a float32 tensor of the weight's shape, dtype and device (a float32 weight)."""
     import torch
 
     dtype = torch.promote_types(lora_b.dtype, torch.float32)
     first, second = (lora_a.T, lora_b.T) if fan_in_fan_out else (lora_b, lora_a)
+    if (out is not None and weight.dtype == dtype and out.dtype == dtype
+            and out.shape == weight.shape and out.device == weight.device):
+        return torch.addmm(weight, first.to(dtype), second.to(dtype), alpha=scaling, out=out)
     merged = torch.addmm(weight.to(dtype), first.to(dtype), second.to(dtype), alpha=scaling)
     return merged.to(weight.dtype)
 
