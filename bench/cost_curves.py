@@ -91,6 +91,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import metadata
@@ -345,27 +346,32 @@ def run_series(per: float, per_label: str) -> list[Series]:
 
 
 def curve_items(args: argparse.Namespace, folder: Path) -> dict:
-    points = []
-    for n in args.items:
-        points.append(measure_run(folder, n, args.items_variants, args.tune_steps,
-                                  args.membership == "on", args.repeats,
-                                  warm_up=args.warm_up and not points))
-        _print_run("items", n, points[-1])
-    return {"x": "items", "variants": args.items_variants, "tune_steps": args.tune_steps,
-            "membership": args.membership, "points": points,
-            "fits": fit_series(points, "items", run_series(1000, "1,000 items"))}
+    return _run_curve(args, folder, "items", args.items,
+                      lambda n: (n, args.items_variants), run_series(1000, "1,000 items"),
+                      variants=args.items_variants)
 
 
 def curve_variants(args: argparse.Namespace, folder: Path) -> dict:
+    return _run_curve(args, folder, "variants", args.variants,
+                      lambda k: (args.variant_items, k), run_series(1, "variant"),
+                      items=args.variant_items)
+
+
+def _run_curve(args: argparse.Namespace, folder: Path, x_name: str, sizes: list[int],
+               items_and_variants: Callable[[int], tuple[int, int]], series: list[Series],
+               **fixed: int) -> dict:
+    """One `harness run` per size; ``items_and_variants(size)`` gives the run's items and
+    variants."""
     points = []
-    for k in args.variants:
-        points.append(measure_run(folder, args.variant_items, k, args.tune_steps,
+    for size in sizes:
+        items, variants = items_and_variants(size)
+        points.append(measure_run(folder, items, variants, args.tune_steps,
                                   args.membership == "on", args.repeats,
                                   warm_up=args.warm_up and not points))
-        _print_run("variants", k, points[-1])
-    return {"x": "variants", "items": args.variant_items, "tune_steps": args.tune_steps,
+        _print_run(x_name, size, points[-1])
+    return {"x": x_name, **fixed, "tune_steps": args.tune_steps,
             "membership": args.membership, "points": points,
-            "fits": fit_series(points, "variants", run_series(1, "variant"))}
+            "fits": fit_series(points, x_name, series)}
 
 
 def _print_run(x_name: str, x: int, p: dict) -> None:
