@@ -473,8 +473,9 @@ def _contamination(reader: Reader, label: Any) -> Section:
           fmt(r["mean_score"], 3), fmt(r["max_score"], 3)] for r in summary],
         caption="Per variant, evaluator and method."))
     # the items listed are picked before their texts are joined: joining every flagged item
-    # to the samples first held the samples' texts in memory (1.4 GiB for a store of
-    # 1,000,000 samples; bench/cost_curves.py)
+    # to the samples first read every flagged item's text (at 1,000,000 samples the report's
+    # peak memory fell from 1,599 to 1,490 MiB; the rest is DuckDB's buffers of what
+    # clean_scores reads; bench/cost_curves.py store)
     shown = reader.rows(f"""
         WITH flagged AS (
             SELECT c.model, c.variant, c.variant_key, c.evaluator, c.evaluator_key, c.item_id,
