@@ -65,7 +65,7 @@ def test_the_same_text_written_by_three_cells_is_stored_once(store):
 def test_samples_reads_exactly_what_was_written(store):
     for key in ("base", "lora"):
         store.write_cell(cell(key), [], _item_samples(key))
-    want = [(key, i, f"i{i}", p, t, f"{key}{i}", float(i % 2), [-1.0, -0.5], f'{{"k": {i}}}',
+    want = [(key, i, f"i{i}", p, t, f"{key}{i}", float(i % 2), [-1.0, -0.5], f'{{"k":{i}}}',
              None, None) for key in ("base", "lora") for i, (p, t) in enumerate(ITEMS)]
     assert _samples(store.path) == want
     columns, _ = query(store.path, "SELECT * FROM samples LIMIT 0")

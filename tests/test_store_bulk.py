@@ -27,6 +27,7 @@ from harness.store import (
     query,
 )
 from harness.store.rows import TABLE_OF, insert_sql, values
+from harness.store.store import SAMPLE_COLUMNS
 from harness.store.store import _insert_row_by_row as ROW_BY_ROW
 
 from .store_versions import SAMPLES_IN_ORDER, samples_as_table
@@ -112,14 +113,23 @@ def dump(store: Store, table: str) -> list[str]:
                            "WHERE table_name = ?", [table]).fetchone()[0]
         if kind == "VIEW":
             assert table == "samples"
-            rows = [repr(row) for row in con.execute(SAMPLES_IN_ORDER).fetchall()]
-            view = [repr(row) for row in con.execute(f"SELECT * FROM {table}").fetchall()]
+            rows = [repr(_parsed_extra(row)) for row in con.execute(SAMPLES_IN_ORDER).fetchall()]
+            view = [repr(_parsed_extra(row))
+                    for row in con.execute(f"SELECT * FROM {table}").fetchall()]
             assert sorted(view) == sorted(rows), table
             return rows
-        return [repr(row) for row in con.execute(f"SELECT * FROM {table} ORDER BY rowid")
-                .fetchall()]
+        rows = con.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
+        return [repr(_parsed_extra(row) if table == "samples" else row) for row in rows]
     finally:
         con.close()
+
+
+def _parsed_extra(row: tuple) -> tuple:
+    """A samples row with its ``extra`` as the value its JSON text says: the bulk path
+    writes it compact (pydantic's serializer), the row-by-row one as ``json.dumps`` did."""
+    extra = SAMPLE_COLUMNS.index("extra")
+    return (*row[:extra], None if row[extra] is None else json.loads(row[extra]),
+            *row[extra + 1:])
 
 
 def assert_same_stores(bulk: Store, reference: Store) -> None:
@@ -365,3 +375,27 @@ def test_numpy_numbers_are_stored_as_their_python_values(stores):
     bulk.write_cell(cell("c1"), [], samples)
     reference.write_cell(cell("c1"), [], plain)
     assert_same_stores(bulk, reference)
+
+
+def test_extra_is_stored_as_compact_json_meaning_what_json_dumps_meant(tmp_path):
+    """``extra`` goes through pydantic's serializer: the same JSON value as ``json.dumps(
+    extra, default=str)`` for what JSON can say (NaN and infinities too), a value it cannot
+    as its ``str``; only sets and tuples (lists) and bytes (text) differ, as documented."""
+    store = Store(tmp_path / "s.duckdb")
+    store.initialise()
+    extras = [{"nan": math.nan, "inf": -math.inf, "big": 2**70, "small": 1e-7, "ü": "漢字 🙂",
+               "nested": {"list": [1, 2.5, None, True]}, "when": date(2026, 1, 2),
+               "path": Path("/tmp/x"), "np": np.float64(0.25), "npint": np.int64(3),
+               "object": None},
+              {"a set": {1}, "a tuple": (1, 2), "bytes": b"xy"}, {}]
+    store.write_cell(cell("c"), [], [Sample(i, extra=e) for i, e in enumerate(extras)])
+    stored = [row[0] for row in query(store.path, "SELECT extra FROM samples "
+                                                  "ORDER BY item_index")[1]]
+    assert ", " not in stored[0] and '": ' not in stored[0]  # compact
+    first = json.loads(stored[0])
+    assert math.isnan(first.pop("nan"))
+    want = json.loads(json.dumps(extras[0], default=str))
+    want.pop("nan")
+    assert first == want
+    assert json.loads(stored[1]) == {"a set": [1], "a tuple": [1, 2], "bytes": "xy"}
+    assert stored[2] == "{}"
