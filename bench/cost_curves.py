@@ -57,17 +57,17 @@ and `bench/results/quick_figures/` instead.
   `write_contamination` per variant and evaluator, where a run makes one in all). A sample
   is a multiple-choice one as the `benchmark` evaluator stores it: a 200-400-character
   question in its prompt, the right choice as target, the chosen one as output, a score, 4
-  log-probabilities, `extra` with the question again as `decontamination_query`, and
-  membership scores. Measured: the file's bytes / S (everything the run stores, per sample);
+  log-probabilities, the question alone as its `query`, an `extra` dict, and membership
+  scores. Measured: the file's bytes / S (everything the run stores, per sample);
   the seconds inside the writes (making the rows is outside); `SELECT * FROM forgetting` and
   `SELECT * FROM clean_scores` through `harness.query` (what `harness sql` calls: open
   read-only, run, fetch every row, close; the median of `--query-repeats`, all kept); and
   `harness report STORE --format html|md` as a fresh process (wall time, peak resident
   set). Then the same rows go into a second store with each item's text once per
-  evaluator: the variants' samples without prompt, target and `decontamination_query`
-  (the base's cell keeps them, standing in for an items table; the report already reads
-  item texts from the base's cell). The difference in bytes says whether storing item
-  texts once per evaluator would matter.
+  evaluator by hand: the variants' samples without prompt, target and query (the base's
+  cell keeps them). The store already keeps each text once (`item_texts`), so the
+  difference in bytes should be close to nothing: what the variants' samples still cost
+  for their texts.
 
 Every measured process is started through a small launcher process that reports the
 process's own `os.wait4` usage: Linux counts, in a process's peak resident set, the memory
@@ -557,15 +557,14 @@ def build_store(path: Path, samples: int, variants: int, evaluators: int,
                 chosen = answers[i] if scores[i] else (answers[i] + 1) % 4
                 extra = {"task": evaluator, "doc_id": i, "acc": scores[i], "acc_norm": scores[i]}
                 keep_text = is_base or not text_once
-                if keep_text:
-                    extra["decontamination_query"] = questions[i]
                 batch.append(Sample(
                     index=i, item_id=f"item-{i:06d}",
                     prompt=f"Question: {questions[i]}\nAnswer:" if keep_text else None,
                     target=choices[i][answers[i]] if keep_text else None,
                     output=choices[i][chosen], score=scores[i],
                     logprobs=[-rng.random() * 60 for _ in range(4)], extra=extra,
-                    min_k=-rng.random() * 8, min_k_plus=rng.gauss(0, 1)))
+                    min_k=-rng.random() * 8, min_k_plus=rng.gauss(0, 1),
+                    query=questions[i] if keep_text else None))
             mean = sum(scores) / items
             stderr = (mean * (1 - mean) / max(items - 1, 1)) ** 0.5
             metrics = [Metric("acc", mean, n=items, stderr=stderr, primary=True),

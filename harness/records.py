@@ -156,6 +156,11 @@ class Sample:
     #: suite's ``[contamination] membership`` is on; see harness/analysis/contamination.py)
     min_k: float | None = None
     min_k_plus: float | None = None
+    #: what the item asks, without few-shot examples or answer choices (lm-eval's
+    #: ``doc_to_decontamination_query``: the question alone), when the evaluator knows it:
+    #: contamination checks search it instead of the prompt. Stored once per item with
+    #: the prompt and target, not once per cell.
+    query: str | None = None
 
 
 @dataclass

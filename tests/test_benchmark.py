@@ -63,6 +63,9 @@ def test_multiple_choice_samples_keep_choice_log_likelihoods(tmp_path, backend):
         best = max(range(4), key=sample.logprobs.__getitem__)
         assert sample.score == float(best == 0)
         assert sample.prompt.startswith("Question: What is")
+        # the question alone, as its own field: stored once per item, not in every cell's extra
+        assert sample.query == sample.prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
+        assert "decontamination_query" not in sample.extra
 
 
 def test_mixed_rows_are_rejected_with_the_line(tmp_path):

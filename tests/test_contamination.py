@@ -106,6 +106,11 @@ def test_item_text_prefers_the_decontamination_query():
     assert item_text("Question: Q?\nAnswer:", "A", {"decontamination_query": "Q?"}) == "Q?"
     assert item_text("Question: Q?\nAnswer:", "A", {}) == "Question: Q?\nAnswer: A"
     assert item_text(None, "Some text.", None) == "Some text."
+    # the sample's own query first; a store before schema 9 kept it in extra
+    assert item_text("Question: Q?\nAnswer:", "A", {}, "Q?") == "Q?"
+    assert item_text("P", "A", {"decontamination_query": "old"}, "new") == "new"
+    assert item_text("P", "A", {"decontamination_query": "old"}, " ") == "old"
+    assert item_text("P", "A", None, "") == "P A"
 
 
 def test_min_k_and_min_k_plus_by_hand():

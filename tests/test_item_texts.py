@@ -4,6 +4,8 @@ table of schema versions 1 to 7 did, and a version 7 store is migrated to it row
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import duckdb
 import pytest
 
@@ -66,7 +68,7 @@ def test_samples_reads_exactly_what_was_written(store):
     for key in ("base", "lora"):
         store.write_cell(cell(key), [], _item_samples(key))
     want = [(key, i, f"i{i}", p, t, f"{key}{i}", float(i % 2), [-1.0, -0.5], f'{{"k":{i}}}',
-             None, None) for key in ("base", "lora") for i, (p, t) in enumerate(ITEMS)]
+             None, None, None) for key in ("base", "lora") for i, (p, t) in enumerate(ITEMS)]
     assert _samples(store.path) == want
     columns, _ = query(store.path, "SELECT * FROM samples LIMIT 0")
     assert columns == list(SAMPLE_COLUMNS)
@@ -84,6 +86,40 @@ def test_a_distinct_prompt_or_target_is_a_distinct_text(store):
                              "ORDER BY item_index") == [
         (0, "p", "t"), (1, "p", "u"), (2, "q", "t"), (3, "p", "t"), (4, "pt", ""),
         (5, "p", "t ")]
+
+
+# texts that differ only in their decontamination query, or whose parts would run together
+# without the lengths that mark where each ends
+QUERIED = [("p", "t", None), ("p", "t", "q"), ("p", "t", "q2"), ("p", "t", ""),
+           ("p", None, "q"), (None, "t", "q"), (None, None, "q"), ("p", "t:q", None),
+           ("p", "t", ":q"), ("p", "t#", "q"), ("p", "t", "q ✓"), ("1:p", "t", "q")]
+
+
+def test_a_decontamination_query_is_part_of_the_text_and_stored_once(store):
+    """Each (prompt, target, query) is its own text; three cells evaluating the same
+    items add no text; ``samples`` gives each row its query back."""
+    for key in ("base", "lora-a", "lora-b"):
+        store.write_cell(cell(key), [], [Sample(i, prompt=p, target=t, query=q, output=key)
+                                         for i, (p, t, q) in enumerate(QUERIED)])
+    assert _texts(store.path) == len(QUERIED)
+    assert _rows(store.path, "SELECT count(DISTINCT text_key) FROM sample_rows") == [
+        (len(QUERIED),)]
+    for key in ("base", "lora-b"):
+        assert _rows(store.path, "SELECT prompt, target, query, output FROM samples "
+                                 "WHERE cell_key = ? ORDER BY item_index", [key]) == [
+            (p, t, q, key) for p, t, q in QUERIED]
+
+
+def test_a_text_without_a_query_keeps_the_key_schema_8_gave_it(store):
+    from harness.store.schema import TEXT_KEY, TEXT_KEY_WITHOUT_QUERY
+
+    con = duckdb.connect()
+    texts = [(p, t) for p, t in ITEMS if len(p or "") < 1000]
+    keys = [con.execute(f"SELECT {expr} FROM (SELECT ?::VARCHAR AS prompt, ?::VARCHAR AS target, "
+                        f"NULL::VARCHAR AS query)", [p, t]).fetchone()[0]
+            for p, t in texts for expr in (TEXT_KEY, TEXT_KEY_WITHOUT_QUERY)]
+    assert keys[0::2] == keys[1::2]
+    assert len({k for k in keys if k is not None}) == len(texts) - 1  # (None, None) has none
 
 
 def test_rewriting_a_cell_replaces_its_rows_and_keeps_one_copy_of_each_text(store):
@@ -141,7 +177,7 @@ def test_the_write_path_and_the_views_agree_with_the_catalogue(store):
 
     assert catalogue("samples") == list(SAMPLE_COLUMNS)
     assert catalogue("sample_rows") == list(SAMPLE_ROW_COLUMNS)
-    assert catalogue("item_texts") == ["text_key", "prompt", "target"]
+    assert catalogue("item_texts") == ["text_key", "prompt", "target", "query"]
     assert _rows(store.path, "SELECT table_name, table_type FROM information_schema.tables "
                              "WHERE table_name IN ('samples', 'sample_rows', 'item_texts') "
                              "ORDER BY 1") == [("item_texts", "BASE TABLE"),
@@ -161,7 +197,9 @@ def test_a_version_7_store_is_migrated_row_for_row(tmp_path):
     old.write_cell(cell("texts"), [], _item_samples("t"))
     as_version_7(old.path)
     con = duckdb.connect(str(old.path), read_only=True)
-    before = [repr(r) for r in con.execute("SELECT * FROM samples ORDER BY rowid").fetchall()]
+    # a version 7 row had no query
+    before = [repr((*r, None))
+              for r in con.execute("SELECT * FROM samples ORDER BY rowid").fetchall()]
     pairs = con.execute("SELECT count(DISTINCT (prompt, target)) FILTER ("
                         "WHERE prompt IS NOT NULL OR target IS NOT NULL) FROM samples").fetchone()
     con.close()
@@ -185,9 +223,42 @@ def test_a_version_7_store_is_migrated_row_for_row(tmp_path):
     assert version == (str(SCHEMA_VERSION),)
     assert texts == (pairs[0], pairs[0])
     # the migration's keys are the writes' keys: the same texts written again add none
-    store.write_cell(cell("again"), [], samples)
+    # (version 7 had no query: the same samples without one)
+    store.write_cell(cell("again"), [], [replace(s, query=None) for s in samples])
     store.write_cell(cell("texts again"), [], _item_samples("u"))
     assert _texts(store.path) == pairs[0]
     # and the views read the migrated rows
     assert _rows(store.path, "SELECT count(*) FROM samples WHERE cell_key = 'lora-a'") == [
         (2000,)]
+
+
+def test_a_version_8_store_gets_the_query_column_and_keeps_its_texts_keys(tmp_path):
+    """A version 8 store kept each item's decontamination query in every cell's ``extra``.
+    Opened by a newer harness, it keeps its rows and texts as they were, reads the query
+    through ``item_text`` as before, and a cell written afterwards with the same prompts
+    and targets and no query adds no text."""
+    from harness import item_text
+
+    from .store_versions import as_version_8
+
+    store = Store(tmp_path / "s.duckdb")
+    store.initialise()
+    store.write_cell(cell("base"), [], [Sample(i, prompt=p, target=t, query=f"q{i}")
+                                        for i, (p, t) in enumerate(ITEMS)])
+    store.write_cell(cell("plain"), [], _item_samples("plain"))
+    as_version_8(store.path)
+    assert _rows(store.path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
+    before = _rows(store.path, "SELECT * FROM samples ORDER BY cell_key, item_index")
+    texts = _texts(store.path)
+
+    store.ensure_current()
+    assert _rows(store.path, "SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)]
+    after = _rows(store.path, "SELECT * FROM samples ORDER BY cell_key, item_index")
+    assert after == [(*row, None) for row in before]  # a migrated text has no query column
+    import json
+
+    assert [item_text(r[3], r[4], json.loads(r[8]), r[11]) for r in after[:3]] == [
+        "q0", "q1", "q2"]  # from extra, as version 8 kept it
+    store.write_cell(cell("lora"), [], _item_samples("lora"))
+    assert _texts(store.path) == texts

@@ -132,3 +132,34 @@ def test_report_errors_are_one_line_with_status_2(reported, tmp_path):
     out = tmp_path / "elsewhere" / "page.html"
     named = runner.invoke(main, ["report", str(store), "--format", "html", "--out", str(out)])
     assert named.exit_code == 0 and out.is_file()
+
+
+def test_a_long_flagged_list_shows_its_first_40_items_with_their_texts(reported, tmp_path):
+    """More than 40 flagged items: the report lists the first 40 (by variant, evaluator and
+    item), each with its text, and says how many there are in all."""
+    from harness.store import ContaminationRow, Store, query
+
+    _, store_path, _ = reported
+    copy = tmp_path / store_path.name
+    shutil.copy(store_path, copy)
+    _, flagged = query(copy, "SELECT DISTINCT suite, model, variant, variant_key, evaluator, "
+                             "evaluator_key FROM contamination WHERE flagged")
+    _, items = query(copy, "SELECT count(DISTINCT item_index) FROM samples")
+    head = flagged[0]
+    extra = [ContaminationRow("planted-many", *head, 1000 + i, f"extra-{i:03d}", "data.jsonl",
+                              "ngram-13", 0.9, True, "{}") for i in range(60)]
+    Store(copy).write_contamination([], extra)
+    _, (total,) = query(copy, "SELECT count(*) FROM (SELECT DISTINCT variant_key, "
+                              "evaluator_key, item_index FROM contamination WHERE flagged)")
+    assert total[0] > 40 + items[0][0] // 2
+    result = CliRunner().invoke(main, ["report", str(copy), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    text = Path(re.search(r"report:\s+(\S+)", result.output).group(1)).read_text()
+    assert f"Flagged items (the first 40 of {total[0]})" in text
+    after = text[text.index("Flagged items"):].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    end = next(i for i in range(start, len(after)) if not after[i].startswith("|"))
+    table = after[start:end]
+    assert len(table) == 2 + 40  # header, rule, 40 items
+    # the planted item keeps its text; the added ones have no sample, so no text
+    assert "What is 3 + 3?" in table[2]

@@ -143,7 +143,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store):
     assert version == [(str(SCHEMA_VERSION),)]
     _, columns = query(store.path, "SELECT column_name FROM information_schema.columns "
                                    "WHERE table_name = 'samples' ORDER BY ordinal_position")
-    assert [c for (c,) in columns][-2:] == ["min_k", "min_k_plus"]
+    assert [c for (c,) in columns][-3:] == ["min_k", "min_k_plus", "query"]
     _, samples = query(store.path, "SELECT item_id, score, min_k FROM samples ORDER BY item_index")
     assert samples == [(f"i{i}", float(i % 2), None) for i in range(10)]
     _, tables = query(store.path, "SELECT count(*) FROM paired_tests, contamination")

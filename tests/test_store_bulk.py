@@ -38,13 +38,14 @@ from .store_versions import SAMPLES_IN_ORDER, samples_as_table
 
 class RowByRowStore(Store):
     """The store as it wrote before: ``executemany``, one row at a time, and its samples
-    into a table of their own (as schema versions 1 to 7 stored them)."""
+    into a table of their own (as schema versions 1 to 7 stored them, with schema 9's
+    ``query`` as its last column)."""
 
     def initialise(self) -> None:
         super().initialise()
         con = duckdb.connect(str(self.path))
         try:
-            samples_as_table(con)
+            samples_as_table(con, query=True)
         finally:
             con.close()
 
@@ -62,11 +63,11 @@ class RowByRowStore(Store):
             if samples:
                 con.executemany(
                     "INSERT INTO samples (cell_key, item_index, item_id, prompt, target, "
-                    "output, score, logprobs, extra, min_k, min_k_plus) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "output, score, logprobs, extra, min_k, min_k_plus, query) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [[key, s.index, s.item_id, s.prompt, s.target, s.output, s.score,
-                      s.logprobs, json.dumps(s.extra or {}, default=str), s.min_k, s.min_k_plus]
-                     for s in samples])
+                      s.logprobs, json.dumps(s.extra or {}, default=str), s.min_k, s.min_k_plus,
+                      s.query] for s in samples])
             if alerts:
                 con.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?)",
                                 [[key, a.metric, float(a.value), a.threshold, a.message]
@@ -200,7 +201,7 @@ def varied_samples(n: int, seed: int = 0) -> list[Sample]:
     return [Sample(index=i if i % 97 else 2**31 - 1 - i, item_id=_text(rng), prompt=_text(rng),
                    target=_text(rng), output=_text(rng), score=_float(rng),
                    logprobs=_logprobs(rng), extra=_extra(rng, i), min_k=_float(rng),
-                   min_k_plus=_float(rng))
+                   min_k_plus=_float(rng), query=_text(rng) if i % 3 == 0 else None)
             for i in range(n)]
 
 

@@ -228,10 +228,11 @@ def record_contamination(store: Store, suite: str, settings: ContaminationSectio
                         indexes[data_hash] = NgramIndex(
                             [row for f in files for row in read_tuning_texts(Path(f))])
                     items = [Item(index, item_id,
-                                  item_text(prompt, target, json.loads(extra or "{}")))
-                             for index, item_id, prompt, target, extra in con.execute(
-                                 "SELECT item_index, item_id, prompt, target, extra FROM samples "
-                                 "WHERE cell_key = ? ORDER BY item_index", [base_cell]).fetchall()]
+                                  item_text(prompt, target, json.loads(extra or "{}"), query))
+                             for index, item_id, prompt, target, extra, query in con.execute(
+                                 "SELECT item_index, item_id, prompt, target, extra, query "
+                                 "FROM samples WHERE cell_key = ? ORDER BY item_index",
+                                 [base_cell]).fetchall()]
                     findings[shared] = data_side(items, indexes[data_hash], settings.ngram,
                                                  settings.min_overlap)
                 for finding in findings[shared]:

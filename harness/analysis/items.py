@@ -16,10 +16,13 @@ class Item:
     text: str
 
 
-def item_text(prompt: str | None, target: str | None, extra: dict[str, Any] | None) -> str:
-    """What an item says: lm-eval's decontamination query when the task defines one
-    (the question without its few-shot context), else the prompt and the target."""
-    query = (extra or {}).get("decontamination_query")
-    if isinstance(query, str) and query.strip():
-        return query
+def item_text(prompt: str | None, target: str | None, extra: dict[str, Any] | None = None,
+              query: str | None = None) -> str:
+    """What an item says: its decontamination query when it has one (``samples.query``;
+    lm-eval's ``doc_to_decontamination_query``, the question without its few-shot
+    context), else the one stores before schema 9 kept in ``extra``, else the prompt and
+    the target."""
+    for candidate in (query, (extra or {}).get("decontamination_query")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate
     return " ".join(part for part in (prompt, target) if part)

@@ -7,18 +7,27 @@ columns in the same order; a test checks that they agree.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
-#: The key of an item's text in ``item_texts``: the MD5 (32 hex digits) of its prompt and
-#: target, each NULL told apart from an empty string and the prompt's end marked by its
-#: length (``12:<prompt>`` or ``-``, then ``:<target>`` or ``-``), so that no two different
-#: pairs encode alike; NULL when both are NULL. One SQL expression over columns named
-#: ``prompt`` and ``target``: DuckDB computes it over a cell's samples as they are written
-#: (``Store.write_cell``, in one statement over their Arrow table), and over the old
-#: ``samples`` table in migration 7.
-TEXT_KEY = ("CASE WHEN prompt IS NULL AND target IS NULL THEN NULL ELSE md5("
-            "CASE WHEN prompt IS NULL THEN '-' ELSE strlen(prompt)::VARCHAR || ':' || prompt END"
-            " || CASE WHEN target IS NULL THEN '-' ELSE ':' || target END) END")
+_PROMPT = "CASE WHEN prompt IS NULL THEN '-' ELSE strlen(prompt)::VARCHAR || ':' || prompt END"
+
+#: The key schema 8 gave a text: the MD5 of its prompt and target, each NULL told apart from
+#: an empty string and the prompt's end marked by its length (``12:<prompt>`` or ``-``,
+#: then ``:<target>`` or ``-``); NULL when both are NULL. Migration 7 computes it over the
+#: old ``samples`` table, which had no query.
+TEXT_KEY_WITHOUT_QUERY = (f"CASE WHEN prompt IS NULL AND target IS NULL THEN NULL ELSE md5("
+                          f"{_PROMPT} || CASE WHEN target IS NULL THEN '-' ELSE ':' || target END"
+                          f") END")
+
+#: The key of an item's text in ``item_texts`` (32 hex digits): a text without a query keeps
+#: schema 8's key (above); one with a query hashes ``<prompt part>#<target part>:<query>``,
+#: the target's end marked by its length too (``-`` or ``5:<target>``), so that no two
+#: different texts encode alike. One SQL expression over columns named ``prompt``,
+#: ``target`` and ``query``: DuckDB computes it over a cell's samples as they are written
+#: (``Store.write_cell``, in one statement over their Arrow table).
+TEXT_KEY = (f"CASE WHEN query IS NULL THEN {TEXT_KEY_WITHOUT_QUERY} ELSE md5({_PROMPT} || '#'"
+            f" || CASE WHEN target IS NULL THEN '-' ELSE strlen(target)::VARCHAR || ':' || target"
+            f" END || ':' || query) END")
 
 #: SQL that brings a store from version N to N + 1, applied in order inside one transaction
 #: when a newer harness opens an older store. New tables need none: ``TABLES`` creates
@@ -53,13 +62,16 @@ MIGRATIONS: dict[int, str] = {
     # made after the migrations) that joins them back
     7: f"INSERT INTO item_texts (text_key, prompt, target) "
        f"SELECT text_key, any_value(prompt), any_value(target) FROM ("
-       f"SELECT {TEXT_KEY} AS text_key, prompt, target FROM samples) "
+       f"SELECT {TEXT_KEY_WITHOUT_QUERY} AS text_key, prompt, target FROM samples) "
        f"WHERE text_key IS NOT NULL GROUP BY text_key; "
        f"INSERT INTO sample_rows (cell_key, item_index, item_id, text_key, output, score, "
        f"logprobs, extra, min_k, min_k_plus) "
-       f"SELECT cell_key, item_index, item_id, {TEXT_KEY}, output, score, logprobs, extra, "
-       f"min_k, min_k_plus FROM samples; "
+       f"SELECT cell_key, item_index, item_id, {TEXT_KEY_WITHOUT_QUERY}, output, score, "
+       f"logprobs, extra, min_k, min_k_plus FROM samples; "
        f"DROP TABLE samples",
+    # version 9: an item's decontamination query (Sample.query) is part of its text, stored
+    # once in item_texts instead of in every cell's extra; older rows keep it in extra
+    8: "ALTER TABLE item_texts ADD COLUMN IF NOT EXISTS query VARCHAR",
 }
 
 TABLES = """
@@ -166,7 +178,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     is_primary BOOLEAN
 );
 -- one row per evaluated item of a cell; the item's prompt and target are stored once per
--- distinct pair in item_texts (text_key: TEXT_KEY below; NULL when both are NULL), and the
+-- distinct text in item_texts (text_key: TEXT_KEY above; NULL when all are NULL), and the
 -- view ``samples`` (harness/store/views.py) joins them back
 CREATE TABLE IF NOT EXISTS sample_rows (
     cell_key VARCHAR,
@@ -180,14 +192,15 @@ CREATE TABLE IF NOT EXISTS sample_rows (
     min_k DOUBLE,
     min_k_plus DOUBLE
 );
--- each (prompt, target) of the samples once. Only added to, by inserts that skip keys
+-- each (prompt, target, query) of the samples once. Only added to, by inserts that skip keys
 -- already present: a rewritten cell's texts stay, whether or not another cell still refers
 -- to them. No primary key: keeping its index made writes slower and the file larger
 -- (harness/store/store.py, _insert_samples); the store's one writer keeps keys unique
 CREATE TABLE IF NOT EXISTS item_texts (
     text_key VARCHAR,
     prompt VARCHAR,
-    target VARCHAR
+    target VARCHAR,
+    query VARCHAR
 );
 -- a variant's cell against its base's cell on the same items (harness/analysis/stats.py)
 CREATE TABLE IF NOT EXISTS paired_tests (

@@ -201,7 +201,8 @@ class Store:
                     [s.target for s in samples], [s.output for s in samples],
                     [s.score for s in samples], [s.logprobs for s in samples],
                     _json([s.extra for s in samples]),
-                    [s.min_k for s in samples], [s.min_k_plus for s in samples]])
+                    [s.min_k for s in samples], [s.min_k_plus for s in samples],
+                    [s.query for s in samples]])
             if alerts:
                 _insert(con, "alerts", ALERT_COLUMNS, [
                     [key] * len(alerts), [a.metric for a in alerts],
@@ -248,9 +249,9 @@ class Store:
 
 METRIC_COLUMNS = ("cell_key", "metric", "value", "n", "stderr", "higher_is_better", "is_primary")
 #: a cell's samples as ``write_cell`` sends them: the columns of ``samples`` (the view), the
-#: item's prompt and target where ``sample_rows`` has their ``text_key``
+#: item's prompt, target and query where ``sample_rows`` has their ``text_key``
 SAMPLE_COLUMNS = ("cell_key", "item_index", "item_id", "prompt", "target", "output", "score",
-                  "logprobs", "extra", "min_k", "min_k_plus")
+                  "logprobs", "extra", "min_k", "min_k_plus", "query")
 SAMPLE_ROW_COLUMNS = ("cell_key", "item_index", "item_id", "text_key", "output", "score",
                       "logprobs", "extra", "min_k", "min_k_plus")
 ALERT_COLUMNS = ("cell_key", "metric", "value", "threshold", "message")
@@ -313,15 +314,17 @@ def _insert(con: Any, table: str, names: Sequence[str], data: Sequence[Sequence[
 
 def _insert_samples(con: Any, data: Sequence[Sequence[Any]]) -> None:
     """Insert a cell's samples (one sequence per column of ``SAMPLE_COLUMNS``), as one
-    Arrow table, in the caller's transaction: each item's text into ``item_texts`` unless
-    its key is there, every row into ``sample_rows`` with its text's key. DuckDB computes
+    Arrow table, in the caller's transaction: each item's text (prompt, target and query)
+    into ``item_texts`` unless its key is there, every row into ``sample_rows`` with its
+    text's key. DuckDB computes
     the keys (``TEXT_KEY``) over the table once, added to it as a column (inside each
     insert, a filter on the key repeated the MD5: 0.15 s more per 100,000 samples).
 
     Texts are only added: those a rewritten cell no longer refers to stay. ``item_texts``
     has no primary key (its index cost 0.1-0.5 s more per 100,000 new texts, and 6.8 MiB
     of file): this insert's anti-join keeps keys unique, the store having one writer."""
-    types = {**_column_types(con, "sample_rows"), "prompt": "VARCHAR", "target": "VARCHAR"}
+    types = {**_column_types(con, "sample_rows"), "prompt": "VARCHAR", "target": "VARCHAR",
+             "query": "VARCHAR"}
     arrow = _arrow(types, SAMPLE_COLUMNS, data)
     if arrow is None:  # DuckDB converts each value as it did, into a table of these columns
         con.execute("CREATE TEMP TABLE harness_bulk_samples ("
@@ -332,8 +335,8 @@ def _insert_samples(con: Any, data: Sequence[Sequence[Any]]) -> None:
     con.register("harness_bulk_rows", arrow)  # see _insert on an error
     keys = con.sql(f"SELECT {TEXT_KEY} FROM harness_bulk_rows").to_arrow_table().column(0)
     con.register("harness_bulk_rows", arrow.append_column("text_key", keys))
-    con.execute("INSERT INTO item_texts (text_key, prompt, target) "
-                "SELECT DISTINCT text_key, prompt, target FROM harness_bulk_rows AS new "
+    con.execute("INSERT INTO item_texts (text_key, prompt, target, query) "
+                "SELECT DISTINCT text_key, prompt, target, query FROM harness_bulk_rows AS new "
                 "WHERE text_key IS NOT NULL AND NOT EXISTS ("
                 "SELECT 1 FROM item_texts AS old WHERE old.text_key = new.text_key)")
     names = ", ".join(SAMPLE_ROW_COLUMNS)

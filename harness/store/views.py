@@ -11,10 +11,11 @@ import re
 
 VIEWS = """
 -- one row per evaluated item of every cell, with its item's text joined back: the columns,
--- in their order, of the samples table that schema versions 1 to 7 stored
+-- in their order, of the samples table that schema versions 1 to 7 stored, then the
+-- item's decontamination query (schema 9)
 CREATE OR REPLACE VIEW samples AS
 SELECT r.cell_key, r.item_index, r.item_id, t.prompt, t.target, r.output, r.score,
-       r.logprobs, r.extra, r.min_k, r.min_k_plus
+       r.logprobs, r.extra, r.min_k, r.min_k_plus, t.query
 FROM sample_rows r LEFT JOIN item_texts t USING (text_key);
 
 -- the newest finished cell per (suite, model, variant, evaluator), primary metric only

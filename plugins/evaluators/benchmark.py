@@ -275,8 +275,6 @@ class BenchmarkEvaluator(harness.Evaluator):
                 scores = {k: v for k, v in item.items()
                           if k in metric_names and isinstance(v, (int, float))}
                 extra = {"task": task_name, "doc_id": item.get("doc_id"), **scores}
-                if query is not None and isinstance(doc, dict):
-                    extra["decontamination_query"] = query(doc)
                 samples.append(Sample(
                     index=len(samples),
                     item_id=str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(item.get("doc_id")),
@@ -288,6 +286,7 @@ class BenchmarkEvaluator(harness.Evaluator):
                     score=float(scores[item_score]) if item_score in scores else None,
                     logprobs=logprobs,
                     extra=extra,
+                    query=query(doc) if query is not None and isinstance(doc, dict) else None,
                 ))
         return samples
 

@@ -488,7 +488,7 @@ def _contamination(reader: Reader, label: Any) -> Section:
                      c.item_id, c.item_index
             ORDER BY c.model, c.variant, c.evaluator, c.item_index
             LIMIT {MAX_ITEMS_LISTED})
-        SELECT f.*, s.prompt, s.target, s.extra
+        SELECT f.*, s.prompt, s.target, s.extra, s.query
         FROM flagged f
         LEFT JOIN base_pairs p USING (variant_key, evaluator_key)
         LEFT JOIN samples s ON s.cell_key = p.base_cell_key AND s.item_index = f.item_index
@@ -500,7 +500,8 @@ def _contamination(reader: Reader, label: Any) -> Section:
         section.tables.append(Table(
             ["variant", "evaluator", "item", "flagged by (score)", "item text"],
             [[label(r), r["evaluator"], r["item_id"] or str(r["item_index"]), r["methods"],
-              _excerpt(item_text(r["prompt"], r["target"], json.loads(r["extra"] or "{}")))]
+              _excerpt(item_text(r["prompt"], r["target"], json.loads(r["extra"] or "{}"),
+                                 r["query"]))]
              for r in shown], caption=caption))
     return section
 
