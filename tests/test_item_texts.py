@@ -11,7 +11,7 @@ import pytest
 
 from harness import Metric, Sample
 from harness.store import SCHEMA_VERSION, CellRow, Store, query
-from harness.store.store import SAMPLE_COLUMNS, SAMPLE_ROW_COLUMNS
+from harness.store.bulk import SAMPLE_COLUMNS, SAMPLE_ROW_COLUMNS
 
 from .store_versions import SAMPLES_IN_ORDER, as_version_7
 from .test_store_bulk import RowByRowStore, cell, varied_samples
@@ -150,7 +150,7 @@ def test_a_failed_write_adds_no_text(store):
 def test_values_arrow_refuses_get_the_same_keys_through_duckdbs_conversion(store, monkeypatch):
     """An int item id sends a cell's samples through DuckDB's row-by-row conversion; its
     texts have the keys the Arrow path gives them, so they are not stored twice."""
-    import harness.store.store as module
+    import harness.store.bulk as module
 
     fallbacks, row_by_row = [], module._insert_row_by_row
     monkeypatch.setattr(module, "_insert_row_by_row", lambda con, table, *rest: fallbacks.append(

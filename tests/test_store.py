@@ -243,7 +243,7 @@ def test_each_row_dataclass_has_its_tables_columns_in_order(store):
     """The typed rows and the schema are one contract: a field the table lacks, or a column
     the row lacks, fails here rather than as a NULL column in a user's store."""
     from harness.store.rows import TABLE_OF, columns
-    from harness.store.store import (
+    from harness.store.bulk import (
         ALERT_COLUMNS,
         METRIC_COLUMNS,
         SAMPLE_COLUMNS,

@@ -27,8 +27,8 @@ from harness.store import (
     query,
 )
 from harness.store.rows import TABLE_OF, insert_sql, values
-from harness.store.store import SAMPLE_COLUMNS
-from harness.store.store import _insert_row_by_row as ROW_BY_ROW
+from harness.store.bulk import SAMPLE_COLUMNS
+from harness.store.bulk import _insert_row_by_row as ROW_BY_ROW
 
 from .store_versions import SAMPLES_IN_ORDER, samples_as_table
 
@@ -145,7 +145,7 @@ def assert_same_stores(bulk: Store, reference: Store) -> None:
 def stores(tmp_path, monkeypatch) -> tuple[Store, Store]:
     """A store and a row-by-row one. The store's own row-by-row fallback fails the test
     unless the test allows it: what these tests compare must go through Arrow."""
-    import harness.store.store as module
+    import harness.store.bulk as module
 
     def refuse(con, table, *args):
         raise AssertionError(f"{table}: the bulk path fell back to row-by-row writes")
@@ -336,7 +336,7 @@ def test_paired_tests_recipe_tests_and_gate_rows_are_stored_as_before(stores):
 def test_values_arrow_will_not_take_are_converted_by_duckdb_as_before(stores, monkeypatch):
     """An int item id, a numeric string as a score, a float count: the bulk path falls back
     to DuckDB's own conversion (an int id becomes '7', a count of 6.7 rounds to 7)."""
-    import harness.store.store as module
+    import harness.store.bulk as module
 
     fallbacks = []
     monkeypatch.setattr(module, "_insert_row_by_row",

@@ -195,7 +195,7 @@ CREATE TABLE IF NOT EXISTS sample_rows (
 -- each (prompt, target, query) of the samples once. Only added to, by inserts that skip keys
 -- already present: a rewritten cell's texts stay, whether or not another cell still refers
 -- to them. No primary key: keeping its index made writes slower and the file larger
--- (harness/store/store.py, _insert_samples); the store's one writer keeps keys unique
+-- (harness/store/bulk.py, insert_samples); the store's one writer keeps keys unique
 CREATE TABLE IF NOT EXISTS item_texts (
     text_key VARCHAR,
     prompt VARCHAR,
