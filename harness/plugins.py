@@ -35,7 +35,7 @@ from harness.errors import UserError, validation_problems
 from harness.events import CellOutcome, RunInfo, RunSummary
 from harness.records import Alert, CellPlan
 from harness.registry import COMPONENT_KINDS, Registration, Registry
-from harness.version import PROJECT_NAME, __version__
+from harness.version import DISTRIBUTION_NAME, PROJECT_NAME, __version__
 
 ENTRY_POINT_GROUP = "harness"
 
@@ -164,7 +164,7 @@ class PluginHost:
             name = builtin_name(module_name)
             if name in blocked:
                 continue
-            info = PluginInfo(name, module_name, PROJECT_NAME, __version__, builtin=True)
+            info = PluginInfo(name, module_name, DISTRIBUTION_NAME, __version__, builtin=True)
             _register(pm, lambda m=module_name: importlib.import_module(m), info, strict)
             infos[name] = info
 

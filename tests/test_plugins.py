@@ -176,10 +176,11 @@ def test_built_in_plugins_install_as_harness_plugins(tmp_path):
          "-w", str(tmp_path), str(repo)],
         check=True, capture_output=True,
     )
-    (wheel,) = tmp_path.glob("harness-*.whl")
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name == "tune_harness-0.1.0-py3-none-any.whl"  # the distribution's own name
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"harness", "harness_plugins", "harness-0.1.0.dist-info"}
+    assert tops == {"harness", "harness_plugins", "tune_harness-0.1.0.dist-info"}
     assert "harness_plugins/tuners/lora.py" in names
     # the installed (editable) package resolves to the same source folder
     assert Path(harness_plugins.__file__).parent == repo / "plugins"

@@ -116,7 +116,7 @@ class VLLMBackend(harness.Backend):
     Options = VLLMOptions
     #: Python packages this backend imports, with how to install them (checked when a
     #: suite is validated)
-    needs_packages = {"vllm": "pip install 'harness[vllm]' (on a CPU: scripts/vllm-cpu-venv)"}
+    needs_packages = {"vllm": "pip install 'tune-harness[vllm]' (on a CPU: scripts/vllm-cpu-venv)"}
 
     def __init__(self, options: VLLMOptions | None = None) -> None:
         self.options = options or VLLMOptions()

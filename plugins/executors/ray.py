@@ -35,7 +35,7 @@ class RayExecutor(harness.Executor):
     Options = RayOptions
     #: Python packages this executor imports, with how to install them (checked when a
     #: suite is validated)
-    needs_packages = {"ray": "pip install 'harness[ray]'"}
+    needs_packages = {"ray": "pip install 'tune-harness[ray]'"}
 
     def __init__(self, options: RayOptions | None = None) -> None:
         self.options = options or RayOptions()

@@ -1,4 +1,4 @@
-"""``mlflow``: log what a run produced to MLflow (optional: ``pip install 'harness[mlflow]'``).
+"""``mlflow``: log what a run produced to MLflow (optional: ``pip install 'tune-harness[mlflow]'``).
 
 One MLflow experiment per suite; one MLflow run per variant (the base included), found
 again by its ``harness.variant_key`` tag, so later harness runs add to it. The reporter
@@ -37,7 +37,7 @@ class MlflowReporter(harness.Reporter):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise UserError("the mlflow reporter needs MLflow: pip install 'harness[mlflow]'") \
+            raise UserError("the mlflow reporter needs MLflow: pip install 'tune-harness[mlflow]'") \
                 from None
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
