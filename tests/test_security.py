@@ -82,3 +82,29 @@ def test_shell_syntax_in_a_suite_is_only_a_bad_name(tmp_path):
     assert result.exit_code == 2, result.output
     assert "unknown built-in model" in result.output or "builtin" in result.output
     assert not marker.exists()
+
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM read_text('{tmp}/secret.txt')",
+    "SELECT * FROM read_blob('{tmp}/secret.txt')",
+    "COPY (SELECT 1) TO '{tmp}/out.csv'",
+])
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_sql_cannot_use_the_stores_temporary_folder(tmp_path, monkeypatch, statement, where):
+    """DuckDB exempts its temporary folder (``<store>.tmp``) from
+    ``enable_external_access = false``: a query on a store whose ``.tmp`` folder exists
+    could read and write files there. Queries get no temporary folder."""
+    from harness.errors import UserError
+    from harness.store import Store, query
+
+    store = Store(tmp_path / "s.duckdb")
+    store.initialise()
+    temporary = tmp_path / "s.duckdb.tmp"
+    temporary.mkdir()
+    (temporary / "secret.txt").write_text("SECRET")
+    monkeypatch.chdir(tmp_path)
+    folder = temporary if where == "absolute" else temporary.relative_to(tmp_path)
+    with pytest.raises(UserError, match="query refused: queries may only read the store"):
+        query(store.path, statement.format(tmp=folder))
+    assert sorted(p.name for p in temporary.iterdir()) == ["secret.txt"]

@@ -48,6 +48,11 @@ def build_report(store: Path, suite: str | None = None) -> Report:
     with read_store(store) as con:
         names = [r[0] for r in con.execute("SELECT DISTINCT suite FROM cells ORDER BY suite")
                  .fetchall()]
+        if not names:
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+            raise UserError(f"{store}: holds no runs yet (run a suite into it first)"
+                            if not runs else f"{store}: holds no cells yet ({runs} run(s) "
+                            "finished none)")
         if suite is None:
             if len(names) != 1:
                 raise UserError(f"{store}: holds suites {', '.join(names) or '(none)'}; "
