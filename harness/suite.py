@@ -8,18 +8,21 @@ field. Data paths are relative to the suite file, and so is the store.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from harness.data import stat_problem
 from harness.errors import UserError, first_line, validation_problems
 from harness.experiment import ExperimentResolver
 from harness.keys import NAMED_REFERENCE
 from harness.lineage import Recipe, TransformRecipe, expand
 from harness.plugins import PluginHost
 from harness.records import ResolvedComponent
+from harness.store_location import store_name_problem, store_problem
 from harness.suite_file import (
     TABLE_LABEL,
     ComponentChoice,
@@ -76,7 +79,8 @@ class Suite:
 
 def load_suite(path: str | Path, host: PluginHost) -> Suite:
     """Parse and validate a suite file; raise :class:`UserError` listing every problem."""
-    path = Path(path).resolve()
+    # realpath, not Path.resolve: a symlink loop is then named by read_toml, not a RuntimeError
+    path = Path(os.path.realpath(path))
     parsed = parse_suite_file(path)
     return _Resolver(path, host).resolve(parsed)
 
@@ -149,6 +153,7 @@ class _Resolver:
             chosen[kind] = self.choice(kind, choice.kind, choice.options, f"[{kind}]", "kind")
         reporters = [self.choice("reporter", name, {}, "[suite]", "reporters")
                      for name in parsed.suite.reporters]
+        self.check_store(parsed)
         if self.problems:
             raise UserError(*self.problems)
         return Suite(
@@ -159,6 +164,26 @@ class _Resolver:
             contamination=parsed.contamination, rewards=self.host.classes("reward"),
             recipes=recipes, gate=parsed.gate, transforms=transforms,
         )
+
+    def check_store(self, parsed: SuiteFile) -> None:
+        """The store can be opened, or made, and written where the suite puts it: checked
+        now, since a run would find out only after taking the store's lock."""
+        section = parsed.suite
+        try:
+            path = store_path(self.path, section.name, section.store)
+        except (OSError, RuntimeError) as exc:  # resolving a symlink loop
+            self.problem("[suite]", "store", f"cannot use the store: {first_line(exc)}")
+            return
+        default = section.store is None  # results/<name>.duckdb, named after the suite
+        problem = store_name_problem(path)
+        if problem:
+            self.problem("[suite]", "name" if default else "store", problem + (
+                "; choose a shorter [suite] name or set [suite] store" if default else ""))
+            return
+        problem = store_problem(path, write=True)
+        if problem:
+            self.problem("[suite]", "store", f"{path}: {problem}" + (
+                " (the default store; [suite] store chooses another)" if default else ""))
 
     def check_gate(self, gate: GateSection, evaluators: list[ResolvedComponent]) -> None:
         """``[gate]`` names only general and safety evaluators of this suite."""
@@ -202,15 +227,25 @@ class _Resolver:
         opts = self.options(cls, values, label) if cls is not None else None
         return ResolvedComponent(entry or name, name, cls, opts, values)
 
-    def data_path(self, value: str, label: str) -> str:
+    def data_path(self, value: str, label: str) -> str | None:
+        """The absolute path of a ``data`` field (a named reference as it is), or None after
+        a problem: data is a regular file within the size limit or a folder, never read
+        here when it is anything else (a FIFO would block, /dev/zero would never end)."""
         if NAMED_REFERENCE.match(value):
             return value
-        resolved = (self.base_dir / value).resolve()
-        if not resolved.exists():
-            self.problem(label, "data", f"no such file or folder: {value}")
-        elif resolved.is_file() and resolved.stat().st_size == 0:
+        if "\0" in value:  # TOML's "\u0000": no file system takes it
+            self.problem(label, "data", f"a path may not hold a NUL character: {value!r}")
+            return None
+        # realpath, not Path.resolve: a symlink loop is a problem to name, not a RuntimeError
+        resolved = os.path.realpath(self.base_dir / value)
+        problem = stat_problem(resolved, folders=True)
+        if problem:
+            self.problem(label, "data", f"{problem}: {value}")
+            return None
+        if os.path.isfile(resolved) and os.path.getsize(resolved) == 0:
             self.problem(label, "data", f"data file is empty: {value}")
-        return str(resolved)
+            return None
+        return resolved
 
     def nested(self, cls: Any, options: Any, label: str) -> None:
         """Components named inside a component's options (a tuner's reward), validated now
@@ -233,10 +268,11 @@ class _Resolver:
             opts = self.options(cls, entry.options, label) if cls is not None else None
             if opts is not None and kind == "tuner":
                 self.nested(cls, opts, label)
-            file = Path(data)
-            if opts is not None and file.is_file() and file.stat().st_size > 0:
-                try:  # every row of a data file is read now, before anything runs
-                    cls.check_data(file, opts)
+            if opts is not None and data is not None and not NAMED_REFERENCE.match(data):
+                # every row of a data file is read now, before anything runs; a folder goes to
+                # the kind too, which refuses it unless it reads folders (a task folder)
+                try:
+                    cls.check_data(Path(data), opts)
                 except UserError as exc:
                     for line in exc.lines:
                         self.problem(label, "data", line)
@@ -244,5 +280,5 @@ class _Resolver:
             if table == "evaluators":  # the suite's role, else the evaluator kind's own default
                 role = entry.role or (cls.default_role if cls is not None else "general")
             resolved.append(ResolvedComponent(entry.name, name, cls, opts, entry.options,
-                                              data, role))
+                                              data or entry.data, role))
         return resolved

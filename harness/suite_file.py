@@ -5,12 +5,18 @@ its index and name) and the field.
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
+                      ValidationError, field_validator)
 
+from harness.data import kind_of
 from harness.errors import UserError, validation_problems
 from harness.records import Role
 
@@ -24,8 +30,37 @@ def not_base(value: str) -> str:
     return value
 
 
+def _not_finite_at(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a dotted key path, "" for itself) a number is inf or nan, if anywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        found = _not_finite_at(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def finite(value: Any) -> Any:
+    """A value of ``options`` or ``sweep``, with every number in it finite: TOML has ``inf``
+    and ``nan``, which no learning rate, epoch count or threshold means. Checked here, for
+    every component (a plugin's ``Options`` included), as pydantic's ``allow_inf_nan=False``
+    checks the suite's own number fields."""
+    where = _not_finite_at(value)
+    if where is not None:
+        raise ValueError("Input should be a finite number" + (f" (at {where!r})" if where else ""))
+    return value
+
+
+#: an option's value: any TOML value whose numbers are finite
+OptionValue = Annotated[Any, AfterValidator(finite)]
+OptionTable = dict[str, OptionValue]
+
+
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SuiteSection(_Table):
@@ -40,7 +75,8 @@ class SuiteSection(_Table):
 
 class ModelEntry(_Table):
     name: str = Field(pattern=NAME_PATTERN)
-    source: str = Field(min_length=1)
+    #: stripped: a blank source is missing, not a hub id " "
+    source: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
     trust_remote_code: bool = False
 
 
@@ -48,13 +84,13 @@ class TunerEntry(_Table):
     name: str = Field(pattern=NAME_PATTERN)
     method: str = Field(min_length=1)
     data: str = Field(min_length=1)
-    options: dict[str, Any] = {}
+    options: OptionTable = {}
     #: train on top of this tuner entry's variants instead of the base
     from_: str | None = Field(default=None, alias="from", min_length=1)
     #: replicates that differ only by seed; default: the suite's seed
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(default=None, min_length=1)
     #: option name -> values: one variant per combination (cartesian product)
-    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    sweep: dict[str, Annotated[list[OptionValue], Field(min_length=1)]] = {}
     #: keep the state every N steps; each becomes a variant ``<name>@step<k>``
     eval_every: int | None = Field(default=None, gt=0)
     #: evaluate the checkpoints with these evaluators only; default: all of them
@@ -91,7 +127,7 @@ class TransformEntry(_Table):
     #: tuner or transform entries (each of their variants is used), or a checkpoint of a
     #: tuner entry's variants as ``entry@step<k>``
     of: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    options: dict[str, Any] = {}
+    options: OptionTable = {}
 
     @field_validator("of", mode="before")
     @classmethod
@@ -106,12 +142,12 @@ class EvaluatorEntry(_Table):
     kind: str = Field(min_length=1)
     data: str = Field(min_length=1)
     role: Role | None = None  # default: the evaluator class's `default_role`, else general
-    options: dict[str, Any] = {}
+    options: OptionTable = {}
 
 
 class ComponentChoice(_Table):
     kind: str = Field(min_length=1)
-    options: dict[str, Any] = {}
+    options: OptionTable = {}
 
 
 class ContaminationSection(_Table):
@@ -146,11 +182,13 @@ class GateSection(_Table):
     def _loss_table(cls, value: Any) -> float | dict[str, float]:
         """One message for any wrong shape, rather than one per member of the union."""
         def number(x: Any) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+            return (isinstance(x, (int, float)) and not isinstance(x, bool)
+                    and math.isfinite(x) and x >= 0)
 
         if number(value) or isinstance(value, dict) and all(number(v) for v in value.values()):
             return value
-        raise ValueError("must be a number >= 0, or a table of evaluator name -> number >= 0")
+        raise ValueError("must be a finite number >= 0, or a table of evaluator name -> "
+                         "finite number >= 0")
 
 
 class SuiteFile(_Table):
@@ -200,13 +238,33 @@ def problem_line(path: Path, label: str, field: str, message: str) -> str:
     return f"{where}: {message}"
 
 
+def suite_path_problem(path: Path) -> str | None:
+    """Why ``path`` is not a suite file to read, without opening it (a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such suite file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop, not a suite file"
+        return f"cannot read: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"is {kind_of(mode)}, not a suite file"
+    return None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such suite file")
+    problem = suite_path_problem(path)
+    if problem:
+        raise UserError(f"{path}: {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    # a byte order mark, as some Windows editors write UTF-8; TOML does not allow one
+    text = text.removeprefix("\ufeff")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -286,9 +286,9 @@ BAD = {
     "a swept value twice": (lambda t: t.replace("r = [2, 4]", "r = [2, 2]"),
                             "[[tuners]] #2 ('sweep') field 'sweep': 'r' lists 2 twice"),
     "a negative max_loss": (lambda t: t + "\n[gate]\nmax_loss = { mc = -0.1 }\n",
-                            "[gate] field 'max_loss': must be a number >= 0, or a table"),
+                            "[gate] field 'max_loss': must be a finite number >= 0, or a table"),
     "max_loss of the wrong type": (lambda t: t + '\n[gate]\nmax_loss = "small"\n',
-                                   "[gate] field 'max_loss': must be a number >= 0"),
+                                   "[gate] field 'max_loss': must be a finite number >= 0"),
     "swept values that read alike": (lambda t: t.replace("lr = [0.001, 0.01]",
                                                           'lr = [0.001, "0.001"]'),
                                      "field 'name': makes a variant named "

@@ -122,3 +122,13 @@ def test_validate_counts_cells(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(small_suite(tmp_path))])
     assert result.exit_code == 0
     assert "1 model(s) x (base + 1 variant(s) from 1 tuner(s)) x 2 evaluator(s) = 4 cells" in result.output
+
+
+def test_a_suite_file_with_a_utf8_bom_is_read(tmp_path):
+    """Editors on Windows save UTF-8 with a byte order mark; TOML would call it an invalid
+    statement at line 1."""
+    path = small_suite(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "4 cells" in result.output

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions, *,
         "task": f"harness_{name}",
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(path)}},
+        # the rows as harness.read_jsonl reads them (a YAML file says only "json" above)
+        **({} if templates else {"custom_dataset": offline_dataset}),
         "test_split": "test",
         # few-shot examples come from the same file; lm-eval leaves out the item itself
         "fewshot_split": "test",
@@ -131,16 +134,35 @@ def task_config_for_jsonl(name: str, path: Path, options: BenchmarkOptions, *,
     return config
 
 
+def offline_dataset(data_files: dict[str, str], **_: Any) -> Any:
+    """A file in our offline format as lm-eval's dataset (its ``custom_dataset``; lm-eval
+    passes the config's metadata too), read by :func:`harness.read_jsonl`. ``datasets``'
+    JSON loader would read an integer ``id`` beyond 64 bits as a float, and every other id
+    of that file with it ("5.0"), or fail on it beside a text id. A row without an id gets
+    its index, as lm-eval's ``doc_id`` would name it."""
+    from datasets import Dataset, DatasetDict
+
+    rows = read_jsonl(data_files["test"], ItemRow)
+    docs = [{"question": row.question, "answer": row.answer,
+             **({} if row.choices is None else {"choices": row.choices}),
+             "id": str(index) if row.id is None else row.id}
+            for index, (_, row) in enumerate(rows)]
+    return DatasetDict({"test": Dataset.from_list(docs)})
+
+
 def _multiple_choice(path: Path) -> bool:
     """Whether a file in our offline format holds multiple-choice rows (else generation
     rows). It is read and checked once per version of the file: the suite's validation
     reads it, and each of its cells asks again."""
     try:
-        stat = Path(path).stat()
+        info = Path(path).stat()
     except OSError:
-        read_jsonl(path, ItemRow)  # raises the DataError that says why it cannot be read
-        raise
-    return _read_kind(str(path), stat.st_mtime_ns, stat.st_size)
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        # raises the DataError that says why (a FIFO or /dev/zero is named, never read)
+        read_jsonl(path, ItemRow)
+        info = Path(path).stat()  # it became a regular file meanwhile
+    return _read_kind(str(path), info.st_mtime_ns, info.st_size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,7 +180,13 @@ class BenchmarkEvaluator(harness.Evaluator):
 
     @classmethod
     def check_data(cls, path: Path, options: BenchmarkOptions) -> None:
-        """The offline JSONL format is read and checked when the suite is validated."""
+        """The offline JSONL format is read and checked when the suite is validated; a task
+        folder needs the task to run from it."""
+        if path.is_dir():
+            if not options.task:
+                raise UserError(f"{path} is a folder of lm-eval tasks; set options.task to the "
+                                "task to run from it")
+            return
         task_config_for_jsonl("check", path, options)
 
     def _task(self) -> tuple[Any, Any]:
@@ -297,30 +325,32 @@ ENVIRONMENT_NOT_COLLECTED = "not collected: harness does not keep lm-eval's envi
 
 @contextlib.contextmanager
 def _without_environment_report() -> Iterator[None]:
-    """While ``simple_evaluate`` runs, its closing ``add_env_info`` only notes that it was
-    skipped. That report (torch's ``collect_env``: ``pip list``, compilers, GPUs, each a
-    subprocess) took 1.3-4 s per call here, once per cell, and the harness never reads it.
+    """While ``simple_evaluate`` runs, its closing environment report only notes that it
+    was skipped: ``add_env_info`` (torch's ``collect_env``: ``pip list``, compilers, GPUs,
+    each a subprocess; 1.3-4 s per call here) and ``get_git_commit_hash`` (``git
+    describe``, which prints "fatal: not a git repository" outside one). Both ran once per
+    cell, and the harness keeps neither.
 
-    This replaces lm-eval's module attribute for the length of the call (put back after,
-    whatever happens), because there is no other way to skip it: ``simple_evaluate`` has
+    This replaces lm-eval's module attributes for the length of the call (put back after,
+    whatever happens), because there is no other way to skip them: ``simple_evaluate`` has
     no switch for it, and calling ``lm_eval.evaluate`` directly would mean copying
     ``simple_evaluate``'s task setup (seeds, few-shot overrides), whose metrics the harness
-    must equal. If lm-eval drops or renames the function, nothing is replaced."""
+    must equal. A function lm-eval drops or renames is not replaced."""
     import lm_eval.evaluator
-
-    original = getattr(lm_eval.evaluator, "add_env_info", None)
-    if original is None:
-        yield
-        return
 
     def note_skipped(storage: dict[str, Any]) -> None:
         storage["pretty_env_info"] = ENVIRONMENT_NOT_COLLECTED
 
-    lm_eval.evaluator.add_env_info = note_skipped
+    stand_ins = {"add_env_info": note_skipped, "get_git_commit_hash": lambda: None}
+    originals = {name: getattr(lm_eval.evaluator, name) for name in stand_ins
+                 if hasattr(lm_eval.evaluator, name)}
+    for name in originals:
+        setattr(lm_eval.evaluator, name, stand_ins[name])
     try:
         yield
     finally:
-        lm_eval.evaluator.add_env_info = original
+        for name, original in originals.items():
+            setattr(lm_eval.evaluator, name, original)
 
 
 @functools.cache

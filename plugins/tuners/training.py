@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 import harness
-from harness import Options, TuneJob, TuneResult
+from harness import DataError, Options, TuneJob, TuneResult
 
+from harness_plugins.tuners.preferences import data_lines
 from harness_plugins.tuners.records import (
     PeakMemory,
     count_parameters,
@@ -258,4 +259,11 @@ def train_sft(job: TuneJob, options: Any, model: Any, peft_config: Any | None,
     trainer = completion_sft_trainer()(
         model=model, args=args, train_dataset=dataset, processing_class=load_tokenizer_for(job),
         peft_config=peft_config, callbacks=[recorder])
+    if len(trainer.train_dataset) == 0:
+        # trl drops, without a word, each row whose prompt alone fills max_length; with none
+        # left, the Trainer's sampler would fail with "num_samples=0"
+        raise DataError(job.data, data_lines(job.data)[0],
+                        f"every row's prompt fills max_length = {options.max_length} tokens and "
+                        "leaves none for the completion; raise the tuner's option 'max_length' "
+                        "or shorten the prompts", field="prompt")
     return run_trainer(trainer, job, save, recorder)
