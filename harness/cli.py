@@ -14,10 +14,16 @@ from harness.errors import UserError
 from harness.version import __version__
 
 EXIT_USER_ERROR = 2
+#: a run that did not finish: a cell failed, or something stopped it (``harness gate`` has
+#: its own statuses)
+EXIT_FAILED = 1
+#: Ctrl-C (128 + SIGINT, as shells report it), apart from a failed cell's 1
+EXIT_INTERRUPTED = 130
 
 
 class _Command(click.Group):
-    """Turns :class:`UserError` into one line per problem on stderr and exit status 2."""
+    """Turns :class:`UserError` into one line per problem on stderr and exit status 2, and
+    Ctrl-C into one line and status 130 (click's own "Aborted!" exits 1)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -26,6 +32,9 @@ class _Command(click.Group):
             for line in exc.lines or [str(exc)]:
                 click.echo(f"harness: error: {line}", err=True)
             ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("harness: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Command)
@@ -48,10 +57,19 @@ def run(suite: Path, progress: bool | None) -> None:
     from harness.runner import run_suite
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    summary = run_suite(suite, console=console,
-                        show_progress=console.is_terminal if progress is None else progress)
+    try:
+        summary = run_suite(suite, console=console,
+                            show_progress=console.is_terminal if progress is None else progress)
+    except KeyboardInterrupt:  # the store marks the run 'interrupted'
+        click.echo("harness: interrupted: the cells finished so far are stored; run the suite "
+                   "again to finish it", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:  # harness never exits inside a run: a plugin did
+        click.echo(f"harness: error: the run stopped before it finished: SystemExit({exc.code!r}) "
+                   "raised outside a cell (a plugin must not end the process)", err=True)
+        sys.exit(EXIT_FAILED)
     if summary.failed:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
@@ -170,13 +188,15 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
     from harness.plugins import PluginHost
     from harness.records import ReportContext
     from harness.store import Store, lock_timeout_from_env
+    from harness.store_location import store_problem
 
     store = source
     if source.suffix != ".duckdb":
         store, suite_name = _suite_store(source)
         name = name or suite_name
-    if not store.exists():
-        raise UserError(f"{store}: no such store (run the suite first)")
+    problem = store_problem(store, write=False)  # missing, or not a store at all
+    if problem:
+        raise UserError(f"{store}: {problem}")
     Store(store, lock_timeout_from_env()).ensure_current()  # views of an older harness
     # the reporters registered as "html" and "markdown", asked for by name
     reporter = PluginHost.load().build("reporter", "html" if fmt == "html" else "markdown",
@@ -206,7 +226,11 @@ def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> Non
 
         from harness.display import render_table
 
-        Console().print(render_table(str(store), columns, rows))
+        # the store's path on a line of its own, never wrapped (a table title would be
+        # wrapped to the table's width, mid-word)
+        console = Console()
+        console.print(str(store), soft_wrap=True, markup=False, highlight=False)
+        console.print(render_table("", columns, rows))
 
 
 #: ``harness gate``'s exit status per decision (a user error is 2)
@@ -226,7 +250,7 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
     from rich.console import Console
 
     from harness.analysis.findings import gate_decisions, gate_verdicts, read_gate
-    from harness.models import resolve_evaluator_models, resolve_model
+    from harness.models import resolve_evaluator_models, resolve_suite_models
     from harness.plan import make_plan
     from harness.plugins import PluginHost
     from harness.store import Store, lock_timeout_from_env, read_store
@@ -248,6 +272,11 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
     with read_store(store) as con:
         suites = [r[0] for r in con.execute(
             "SELECT DISTINCT suite FROM cells ORDER BY suite").fetchall()]
+        if not suites:  # as the report says it
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+            raise UserError(f"{store}: holds no runs yet (run a suite into it first)"
+                            if not runs else f"{store}: holds no cells yet ({runs} run(s) "
+                            "finished none)")
         if suite is None and name is None and len(suites) != 1:
             raise UserError(f"{store}: holds suites {', '.join(suites) or '(none)'}; "
                             "choose one with --name")
@@ -255,7 +284,7 @@ def gate(source: Path, variants: tuple[str, ...], name: str | None) -> None:
         if suite is None and name not in suites:
             raise UserError(f"{store}: no suite named {name!r} (suites: {', '.join(suites)})")
         if suite is not None:
-            models = [resolve_model(entry, host, suite.base_dir) for entry in suite.models]
+            models = resolve_suite_models(suite, host)
             plan = make_plan(suite, models, resolve_evaluator_models(suite, host))
             rows = gate_decisions(con, name, suite.gate, plan.cells)
         else:

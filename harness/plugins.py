@@ -277,7 +277,7 @@ class PluginHost:
         for impl in reversed(impls):  # pluggy's own order: last registered first
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except Exception as exc:  # an observer's bug must not cost the run
+            except (Exception, SystemExit) as exc:  # an observer's bug must not cost the run
                 message = (f"plugin {impl.plugin_name!r} raised in {hook}: "
                            f"{type(exc).__name__}: {exc}")
                 if self.strict:

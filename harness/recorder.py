@@ -1,11 +1,14 @@
 """The driver's side of a run's events: each event a worker emits becomes typed store rows,
-lifecycle hook calls and progress on the console."""
+lifecycle hook calls and progress on the console: bars on a terminal, else one plain line
+per finished variant and cell (a CI log or a file shows the run as it goes)."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import Progress
 
 from harness.plan import options_payload
@@ -27,12 +30,17 @@ class Recorder:
     """Receives worker events on the driver: writes the store, fires hooks, moves the bars."""
 
     def __init__(self, store: Store, host: PluginHost, run_id: str, suite: str,
-                 progress: Progress, cells_task: int) -> None:
+                 progress: Progress, cells_task: int, *, cells: int = 0, variants: int = 0,
+                 lines: bool = False) -> None:
         self.store, self.host, self.run_id, self.suite = store, host, run_id, suite
         self.progress, self.cells_task = progress, cells_task
         self.tuning_tasks: dict[str, int] = {}
         self.warned: set[str] = set()
         self.done = self.failed = 0
+        #: print a line per finished variant and cell (no bars: not a terminal)
+        self.lines = lines
+        self.cells_total, self.variants_total, self.variants_finished = cells, variants, 0
+        self.tuning_clocks: dict[str, float] = {}
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, CellStarted):
@@ -41,6 +49,7 @@ class Recorder:
         elif isinstance(event, CellFinished):
             self._record_cell(event.cell, event.outcome)
         elif isinstance(event, TuningStarted):
+            self.tuning_clocks[event.variant.key] = time.perf_counter()
             verb = "making" if event.variant.origin == "transformed" else "tuning"
             self.tuning_tasks[event.variant.key] = self.progress.add_task(
                 f"[magenta]{verb} {event.variant.model.name}/{event.variant.name}", total=None
@@ -56,6 +65,28 @@ class Recorder:
             if task is not None:
                 self.progress.remove_task(task)
             self._record_variant(event)
+            if self.lines:
+                self._variant_line(event)
+
+    def _line(self, text: str) -> None:
+        # plain: no markup read from names, no colours for a log, never wrapped mid-line
+        self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def _variant_line(self, event: TuningFinished | VariantMade) -> None:
+        variant = event.variant
+        self.variants_finished += 1
+        # a checkpoint whose tuning state was gone makes its tuning run again, uncounted
+        self.variants_total = max(self.variants_total, self.variants_finished)
+        started = self.tuning_clocks.pop(variant.key, None)
+        seconds = time.perf_counter() - started if started is not None else None
+        if isinstance(event, VariantMade):
+            status = "made" if variant.origin == "transformed" else "kept"
+            seconds = event.seconds if seconds is None else seconds
+        else:
+            status = "failed" if event.result is None else "tuned"
+        took = f"  ({seconds:.1f} s)" if seconds is not None else ""
+        self._line(f"[variant {self.variants_finished}/{self.variants_total}] {status}  "
+                   f"{variant.model.name} {variant.name}{took}")
 
     def _record_variant(self, event: TuningFinished | VariantMade) -> None:
         variant = event.variant
@@ -129,8 +160,15 @@ class Recorder:
             self.done += 1
         else:
             self.failed += 1
-            self.progress.console.print(f"[red]cell {cell.label} failed:[/red] {outcome.error}")
         self.progress.advance(self.cells_task)
+        if self.lines:
+            self._line(f"[{self.done + self.failed}/{self.cells_total}] {outcome.status}  "
+                       f"{cell.model.name} {cell.variant.name} {cell.evaluator.name}  "
+                       f"({outcome.seconds:.1f} s)")
+        if outcome.status != "done":
+            # the error is the plugin's text: printed as it is, whole (a log is searched)
+            self.progress.console.print(f"[red]cell {escape(cell.label)} failed:[/red] "
+                                        f"{escape(outcome.error or '')}", soft_wrap=True)
         self.host.cell_finished(cell, outcome)
         for alert in result.alerts if result is not None else ():
             self.progress.console.print(f"[yellow]alert[/yellow] {cell.label}: {alert.message}")

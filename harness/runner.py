@@ -21,7 +21,7 @@ from harness.analysis.findings import (
     record_paired_tests,
     record_recipe_tests,
 )
-from harness.models import resolve_evaluator_models, resolve_model
+from harness.models import resolve_evaluator_models, resolve_suite_models
 from harness.plan import make_plan
 from harness.plugins import PluginHost
 from harness.recorder import Recorder
@@ -54,7 +54,7 @@ def run_suite(
     console = console or Console()
     host = host or PluginHost.load()
     suite = load_suite(suite_path, host)
-    models = [resolve_model(entry, host, suite.base_dir) for entry in suite.models]
+    models = resolve_suite_models(suite, host)
     plan = make_plan(suite, models, resolve_evaluator_models(suite, host))
 
     def waiting() -> None:
@@ -89,16 +89,20 @@ def _run_locked(suite: Suite, plan: Plan, models: list[ResolvedModel], host: Plu
             store.write_model(model)
         units = _units(suite, plan, pending, store)
         info = RunInfo(run_id, suite.name, suite.store_path, plan.cells, pending)
-        host.run_started(info)
-        executor = suite.executor.cls(suite.executor.options)
-        status = "failed"
+        status = "failed"  # kept when anything stops the executor, a plugin's sys.exit() too
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=console, disable=not show_progress, transient=True,
         ) as progress:
             task = progress.add_task("cells", total=len(pending))
-            recorder = Recorder(store, host, run_id, suite.name, progress, task)
+            # where no bar shows (a log, a file), a line per finished variant and cell
+            to_make = sum(1 for u in units for v in u.variants if v.key not in u.trained)
+            recorder = Recorder(store, host, run_id, suite.name, progress, task,
+                                cells=len(pending), variants=to_make,
+                                lines=not (show_progress and console.is_terminal))
             try:
+                host.run_started(info)
+                executor = suite.executor.cls(suite.executor.options)
                 executor.run(units, run_unit, recorder)
                 status = "done" if recorder.failed == 0 else "done_with_failures"
             except KeyboardInterrupt:

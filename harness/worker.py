@@ -29,7 +29,6 @@ from harness.events import (
 from harness.loading import merge_adapter
 from harness.records import (
     CellPlan,
-    EvalResult,
     EvaluatorSpec,
     Sample,
     TransformJob,
@@ -40,9 +39,23 @@ from harness.records import (
     Variant,
     VariantPlan,
 )
+from harness.result_checks import check_eval_result
 
 #: how a worker hands an event to the driver
 Emit = Callable[[Event], None]
+
+#: what a plugin may raise and fail only its own cell or variant with: any error, and a
+#: ``sys.exit()`` (which would otherwise end the whole run with status 0); never
+#: KeyboardInterrupt, which stops the run
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
+def failure_text(exc: BaseException, what: str) -> str:
+    """One line for an exception a plugin raised; ``what`` names the plugin's component."""
+    if isinstance(exc, SystemExit):
+        return (f"{what} called sys.exit({exc.code!r}): a plugin fails a cell by raising, "
+                "not by ending the process")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def utcnow() -> datetime:
@@ -127,7 +140,7 @@ def _tune(variant: VariantPlan, emit: Emit, unit: Unit) -> Variant:
     )
     try:
         result = tuner.tune(job)
-    except Exception:
+    except PLUGIN_FAILURES:
         shutil.rmtree(staging, ignore_errors=True)  # a failure starts again from scratch
         raise
     # Only a complete adapter or weights folder gets the final name.
@@ -192,7 +205,7 @@ def _transform(variant: VariantPlan, emit: Emit, unit: Unit) -> Variant:
             raise TypeError(f"transform {variant.method!r} returned {result!r}, expected a "
                             "TransformResult of kind 'adapter' or 'weights'")
         path = final_dir / result.path.relative_to(staging)
-    except Exception:
+    except PLUGIN_FAILURES:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(final_dir, ignore_errors=True)
@@ -205,27 +218,30 @@ def _transform(variant: VariantPlan, emit: Emit, unit: Unit) -> Variant:
 
 def _evaluate(cell: CellPlan, backend: Backend) -> CellOutcome:
     started, clock = utcnow(), time.perf_counter()
+    cls = cell.evaluator.cls
+    what = f"evaluator {cell.evaluator.kind!r} ({cls.__module__}.{cls.__qualname__})"
+
+    def failed(error: str, tb: str | None) -> CellOutcome:
+        return CellOutcome("failed", error=error, traceback=tb,
+                           seconds=time.perf_counter() - clock, started_at=started,
+                           finished_at=utcnow())
+
     try:
         _seed_everything(cell.seed)
         spec = EvaluatorSpec(cell.evaluator.name, cell.evaluator.kind,
                              cell.evaluator.role or "general", cell.evaluator.data or "", cell.seed,
                              cell.evaluator_models)
-        evaluator = cell.evaluator.cls(spec, cell.evaluator.options)
+        evaluator = cls(spec, cell.evaluator.options)
         result = evaluator.evaluate(backend)
-        if not isinstance(result, EvalResult):
-            raise TypeError(
-                f"evaluator {cell.evaluator.kind!r} returned {type(result).__name__}, "
-                "expected EvalResult"
-            )
+        problem = check_eval_result(result)
+        if problem is not None:  # the store would refuse it, or keep nonsense
+            return failed(f"{what} returned a bad result: {problem}", None)
         if cell.membership_k is not None and result.samples:
             _score_membership(result.samples, backend, cell.membership_k)
         return CellOutcome("done", result.metrics, result, seconds=time.perf_counter() - clock,
                            started_at=started, finished_at=utcnow())
-    except Exception as exc:
-        return CellOutcome("failed", error=f"{type(exc).__name__}: {exc}",
-                           traceback=traceback.format_exc(),
-                           seconds=time.perf_counter() - clock, started_at=started,
-                           finished_at=utcnow())
+    except PLUGIN_FAILURES as exc:
+        return failed(failure_text(exc, what), traceback.format_exc())
 
 
 def _score_membership(samples: list[Sample], backend: Backend, k: float) -> None:
@@ -284,9 +300,11 @@ def run_unit(unit: Unit, emit: Emit) -> None:
                     else:
                         attempted.add(variant.key)
                         ready = _tune(variant, emit, unit)
-                except Exception as exc:
+                except PLUGIN_FAILURES as exc:
                     verb = "making" if variant.origin == "transformed" else "tuning"
-                    error = f"{verb} {variant.name!r} failed: {type(exc).__name__}: {exc}"
+                    error = f"{verb} {variant.name!r} failed: " + failure_text(
+                        exc, "the " + ("transform" if variant.origin == "transformed"
+                                       else "tuner"))
                     tb = traceback.format_exc()
                     emit(TuningFinished(variant, None, error, tb))
                     fail_cells(cells, error, tb, emit)
@@ -298,8 +316,9 @@ def run_unit(unit: Unit, emit: Emit) -> None:
                 try:
                     backend = unit.backend_class(unit.backend_options)
                     backend.load(unit.model)
-                except Exception as exc:
-                    error = f"loading {unit.model.name!r} failed: {type(exc).__name__}: {exc}"
+                except PLUGIN_FAILURES as exc:
+                    error = f"loading {unit.model.name!r} failed: " + failure_text(
+                        exc, "the backend")
                     tb = traceback.format_exc()
                     later = {v.key for v in unit.variants[index:]}
                     fail_cells([c for c in unit.cells if c.variant.key in later], error, tb, emit)
@@ -309,8 +328,8 @@ def run_unit(unit: Unit, emit: Emit) -> None:
                 if ready.base_path is not None and not ready.base_path.is_dir():
                     start_weights(unit.trained[variant.parent.key])  # removed since: again
                 backend.activate(ready)
-            except Exception as exc:
-                error = f"activating {variant.name!r} failed: {type(exc).__name__}: {exc}"
+            except PLUGIN_FAILURES as exc:
+                error = f"activating {variant.name!r} failed: " + failure_text(exc, "the backend")
                 fail_cells(cells, error, traceback.format_exc(), emit)
                 continue
             route = backend.route()

@@ -428,3 +428,22 @@ options = { r = 4, alpha = 8, steps = 1, batch_size = 4, max_length = 64 }
     assert gate == [(name, evaluator, "INCONCLUSIVE",
                      "not scored: the cell or the base's failed, or has not run")
                     for name in ("child", "lora-a") for evaluator in ("mc", "text")]
+
+
+class ExitingObserver:
+    @harness.hookimpl
+    def harness_cell_finished(self, cell, outcome):
+        sys.exit(0)
+
+
+def test_an_observer_calling_sys_exit_is_named_and_the_run_goes_on(tmp_path, capsys):
+    """``sys.exit`` in a lifecycle hook is an observer's bug like any other: one warning
+    line, the run finishes every cell."""
+    path = small_suite(tmp_path, tuners=False)
+    host = PluginHost.load(entry_points=False, extra_plugins=[ExitingObserver()])
+    summary = run_suite(path, host=host, console=Console(file=open(os.devnull, "w")),
+                        show_progress=False)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert host.hook_errors == ["plugin 'ExitingObserver' raised in harness_cell_finished: "
+                                "SystemExit: 0"] * 2
+    assert "harness: warning: plugin 'ExitingObserver' raised" in capsys.readouterr().err
