@@ -40,7 +40,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     block = readme.split("Tests:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     wanted = _commands(block)
-    assert wanted[-1] == "pytest" and any(w.startswith("pip install") for w in wanted)
+    assert wanted[-1] == "pytest --cov" and any(w.startswith("pip install") for w in wanted)
     assert [c for c in _commands(ci) if c in wanted] == wanted  # the same commands, in order
     assert "harness run suites/quickstart.toml" in readme
 

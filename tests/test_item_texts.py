@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from harness import Metric, Sample
-from harness.store import SCHEMA_VERSION, CellRow, Store, query
+from harness.store import SCHEMA_VERSION, Store, query
 from harness.store.bulk import SAMPLE_COLUMNS, SAMPLE_ROW_COLUMNS
 
 from .store_versions import SAMPLES_IN_ORDER, as_version_7
