@@ -14,6 +14,9 @@ from harness.errors import UserError
 from harness.version import __version__
 
 EXIT_USER_ERROR = 2
+#: a path argument, looked at by the harness itself: click's own check of an unreadable
+#: file would print its usage and a multi-line error instead of the harness's one line
+PATH = click.Path(path_type=Path, readable=False)
 #: a run that did not finish: a cell failed, or something stopped it (``harness gate`` has
 #: its own statuses)
 EXIT_FAILED = 1
@@ -45,7 +48,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("suite", type=click.Path(path_type=Path))
+@click.argument("suite", type=PATH)
 @click.option("--progress/--no-progress", default=None,
               help="Show progress bars (default: when writing to a terminal).")
 def run(suite: Path, progress: bool | None) -> None:
@@ -73,7 +76,7 @@ def run(suite: Path, progress: bool | None) -> None:
 
 
 @main.command()
-@click.argument("suite", type=click.Path(path_type=Path))
+@click.argument("suite", type=PATH)
 def validate(suite: Path) -> None:
     """Check SUITE (syntax, fields, plugin names, options, data files) without running it."""
     from harness.plugins import PluginHost
@@ -160,9 +163,9 @@ def _store_for(store: Path | None, suite: Path | None) -> Path:
 
 
 @main.command()
-@click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to export.")
-@click.option("--suite", type=click.Path(path_type=Path), help="Export this suite's store.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--store", type=PATH, help="DuckDB file to export.")
+@click.option("--suite", type=PATH, help="Export this suite's store.")
+@click.option("--out", type=PATH, required=True,
               help="Folder for the Parquet files (created if missing).")
 def export(store: Path | None, suite: Path | None, out: Path) -> None:
     """Write every table and view of a store as Parquet, one file each, for other tools."""
@@ -173,10 +176,10 @@ def export(store: Path | None, suite: Path | None, out: Path) -> None:
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=PATH)
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html",
               help="html: one self-contained page; md: Markdown with SVG plots beside it.")
-@click.option("--out", type=click.Path(path_type=Path),
+@click.option("--out", type=PATH,
               help="Where to write it (default: beside the store, <store>.report.html|md).")
 @click.option("--name", help="The suite to report, when the store holds several.")
 def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
@@ -206,8 +209,8 @@ def report(source: Path, fmt: str, out: Path | None, name: str | None) -> None:
 
 @main.command()
 @click.argument("statement")
-@click.option("--store", type=click.Path(path_type=Path), help="DuckDB file to query.")
-@click.option("--suite", type=click.Path(path_type=Path), help="Query this suite's store.")
+@click.option("--store", type=PATH, help="DuckDB file to query.")
+@click.option("--suite", type=PATH, help="Query this suite's store.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 def sql(statement: str, store: Path | None, suite: Path | None, fmt: str) -> None:
     """Run a read-only SQL STATEMENT on a store (tables, and views such as forgetting)."""
@@ -238,7 +241,7 @@ GATE_EXIT = {"GO": 0, "NO-GO": 1, "INCONCLUSIVE": 3}
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=PATH)
 @click.option("--variant", "variants", multiple=True,
               help="Judge this variant only (repeatable); default: every tuned variant.")
 @click.option("--name", help="The suite to judge, when a store holds several.")

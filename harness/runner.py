@@ -53,6 +53,7 @@ def run_suite(
     clock = time.perf_counter()
     console = console or Console()
     host = host or PluginHost.load()
+    timeout = lock_timeout_from_env()  # a bad value is bad input: said before any download
     suite = load_suite(suite_path, host)
     models = resolve_suite_models(suite, host)
     plan = make_plan(suite, models, resolve_evaluator_models(suite, host))
@@ -61,7 +62,6 @@ def run_suite(
         console.print(f"[yellow]waiting[/yellow] for {suite.store_path}: another harness run is "
                       f"using it (up to {timeout:.0f} s)")
 
-    timeout = lock_timeout_from_env()
     with run_lock(suite.store_path, timeout, on_wait=waiting):
         return _run_locked(suite, plan, models, host, console, show_progress, clock)
 

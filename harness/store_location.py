@@ -100,6 +100,8 @@ def _creatable(folder: Path) -> str | None:
         try:
             info = here.stat()
         except FileNotFoundError:
+            if here.is_symlink():  # mkdir would fail on it with "File exists"
+                return f"cannot create the store: {here} is a symbolic link to nothing"
             continue
         except OSError as exc:
             return f"cannot create the store: {here}: {exc.strerror or exc}"

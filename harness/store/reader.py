@@ -71,6 +71,7 @@ def export_parquet(path: Path, out: Path, timeout: float = 30.0) -> list[Path]:
     con = connect(Path(path), read_only=True, timeout=timeout)
     made: list[Path] = []  # the folders this export creates, outermost first
     staged: list[Path] = []
+    placed: list[Path] = []  # renamed into place: a later failure takes them back too
     done = False
     try:
         if out.exists() and not out.is_dir():
@@ -92,6 +93,7 @@ def export_parquet(path: Path, out: Path, timeout: float = 30.0) -> list[Path]:
         files = [out / f"{name}.parquet" for name in names]
         for file, target in zip(staged, files):
             file.replace(target)
+            placed.append(target)
         done = True
         return files
     except (duckdb.Error, OSError) as exc:
@@ -99,7 +101,7 @@ def export_parquet(path: Path, out: Path, timeout: float = 30.0) -> list[Path]:
     finally:
         con.close()
         if not done:
-            for file in staged:
+            for file in staged + placed:
                 file.unlink(missing_ok=True)
             for folder in reversed(made):
                 try:
