@@ -152,7 +152,9 @@ class Recorder:
             warning = result.info.get("warning")
             if warning and warning not in self.warned:  # once per run, not once per cell
                 self.warned.add(warning)
-                self.progress.console.print(f"[yellow]warning[/yellow] {cell.evaluator.name}: {warning}")
+                # whole lines, never wrapped: a log is searched line by line
+                self.progress.console.print(f"[yellow]warning[/yellow] {cell.evaluator.name}: "
+                                            f"{escape(warning)}", soft_wrap=True)
         self.store.write_cell(row, outcome.metrics,
                               result.samples if result is not None else (),
                               result.alerts if result is not None else ())
@@ -171,5 +173,6 @@ class Recorder:
                                         f"{escape(outcome.error or '')}", soft_wrap=True)
         self.host.cell_finished(cell, outcome)
         for alert in result.alerts if result is not None else ():
-            self.progress.console.print(f"[yellow]alert[/yellow] {cell.label}: {alert.message}")
+            self.progress.console.print(f"[yellow]alert[/yellow] {escape(cell.label)}: "
+                                        f"{escape(alert.message)}", soft_wrap=True)
             self.host.drift_alert(cell, alert)

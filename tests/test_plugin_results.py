@@ -76,6 +76,9 @@ class Faulty(harness.Evaluator):
             samples[1].index = 0
         elif fault == "alert-value":
             return EvalResult(metrics, samples, alerts=[Alert("loss", "big", 0.5, "too big")])
+        elif fault == "long-notes":  # a warning and an alert longer than any console line
+            return EvalResult(metrics, samples, alerts=[Alert("loss", 1.0, 0.5, "[b]" + "a" * 300)],
+                              info={"warning": "[red]" + "w" * 300})
         elif fault in WRONG_SAMPLE_FIELD:
             name, value = WRONG_SAMPLE_FIELD[fault]
             setattr(samples[1], name, value)

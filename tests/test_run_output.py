@@ -35,7 +35,7 @@ def test_without_a_terminal_each_finished_variant_and_cell_is_one_line(tmp_path)
 
     site = install_plugin(tmp_path)
     write_jsonl(tmp_path / "data" / "sft.jsonl", SFT_ROWS)
-    path = faulty_suite(tmp_path, ["same-name"], tuner=LORA)
+    path = faulty_suite(tmp_path, ["same-name", "long-notes"], tuner=LORA)
     out = tmp_path / "out.log"
     with out.open("w") as handle:  # a file, as a CI log is: no terminal
         done = subprocess.run([sys.executable, "-m", "harness", "run", str(path)],
@@ -45,17 +45,23 @@ def test_without_a_terminal_each_finished_variant_and_cell_is_one_line(tmp_path)
     assert done.returncode == 1, text + done.stderr
     progress = [line for line in text.splitlines() if line.startswith("[")]
     expected = [
-        rf"\[1/4\] failed  tiny base same-name  {SECONDS}",
-        rf"\[2/4\] done  tiny base text  {SECONDS}",
+        rf"\[1/6\] failed  tiny base same-name  {SECONDS}",
+        rf"\[2/6\] done  tiny base long-notes  {SECONDS}",
+        rf"\[3/6\] done  tiny base text  {SECONDS}",
         rf"\[variant 1/1\] tuned  tiny lora-a  {SECONDS}",
-        rf"\[3/4\] failed  tiny lora-a same-name  {SECONDS}",
-        rf"\[4/4\] done  tiny lora-a text  {SECONDS}",
+        rf"\[4/6\] failed  tiny lora-a same-name  {SECONDS}",
+        rf"\[5/6\] done  tiny lora-a long-notes  {SECONDS}",
+        rf"\[6/6\] done  tiny lora-a text  {SECONDS}",
     ]
     assert len(progress) == len(expected), text
     for line, pattern in zip(progress, expected):
         assert re.fullmatch(pattern, line), (line, pattern)
     assert f"cell tiny/base/same-name failed: {FAULTS['same-name']}" in text
     assert "\x1b[" not in text  # no terminal codes in a log
+    # a plugin's warning and alert lines whole, however long, their brackets as written
+    lines = text.splitlines()
+    assert "warning long-notes: [red]" + "w" * 300 in lines
+    assert "alert tiny/base/long-notes: [b]" + "a" * 300 in lines
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_run_marked_interrupted(tmp_path):
