@@ -60,18 +60,26 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def stat_problem(path: str | Path, *, folders: bool) -> str | None:
-    """Why ``path`` cannot be data, without opening it: missing, a symlink loop, not a regular
-    file (or a folder, when ``folders``), over the size limit; None when it can be. Said as
-    a predicate ("is a symlink loop"), so that it follows either the path or a field."""
+def stat_or_problem(path: str | Path) -> os.stat_result | str:
+    """What ``os.stat`` says of ``path``, or why it cannot: "missing", "is a symlink loop",
+    "cannot read: <reason>" (the data and the suite file phrase "missing" their own way)."""
     try:
-        info = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
-        return "no such file or folder"
+        return "missing"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "is a symlink loop"
         return f"cannot read: {exc.strerror}"
+
+
+def stat_problem(path: str | Path, *, folders: bool) -> str | None:
+    """Why ``path`` cannot be data, without opening it: missing, a symlink loop, not a regular
+    file (or a folder, when ``folders``), over the size limit; None when it can be. Said as
+    a predicate ("is a symlink loop"), so that it follows either the path or a field."""
+    info = stat_or_problem(path)
+    if isinstance(info, str):
+        return "no such file or folder" if info == "missing" else info
     return mode_problem(info, folders=folders)
 
 

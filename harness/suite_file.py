@@ -5,9 +5,7 @@ its index and name) and the field.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import stat
 import tomllib
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
                       ValidationError, field_validator)
 
-from harness.data import kind_of
+from harness.data import kind_of, stat_or_problem
 from harness.errors import UserError, validation_problems
 from harness.records import Role
 
@@ -240,16 +238,15 @@ def problem_line(path: Path, label: str, field: str, message: str) -> str:
 
 def suite_path_problem(path: Path) -> str | None:
     """Why ``path`` is not a suite file to read, without opening it (a FIFO would block)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    info = stat_or_problem(path)
+    if info == "missing":
         return "no such suite file"
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "is a symlink loop, not a suite file"
-        return f"cannot read: {exc.strerror}"
-    if not stat.S_ISREG(mode):
-        return f"is {kind_of(mode)}, not a suite file"
+    if info == "is a symlink loop":
+        return "is a symlink loop, not a suite file"
+    if isinstance(info, str):
+        return info
+    if not stat.S_ISREG(info.st_mode):
+        return f"is {kind_of(info.st_mode)}, not a suite file"
     return None
 
 
