@@ -165,8 +165,9 @@ def _tokenized_by_orpo(tiny_model, tmp_path, monkeypatch, rows, max_length):
 
 
 def test_orpo_keeps_sequences_within_max_length(tmp_path, tiny_model, monkeypatch):
-    # trl 1.12 alone: the chosen sequence runs past max_length and the short rejected
-    # answer loses every token (it is cut to max_length minus the longer answer's length)
+    # trl 1.12 alone ran the chosen sequence past max_length and cut the short rejected
+    # answer to nothing (to max_length minus the longer answer's length); trl 1.16 cuts
+    # each answer to what fits after its prompt, and the harness relies on that
     long_answer = "The river runs through the old town and into the sea. " * 3
     rows = [{"prompt": "Name a river.", "chosen": long_answer, "rejected": "No."}] * 4
     dataset = _tokenized_by_orpo(tiny_model, tmp_path, monkeypatch, rows, max_length=48)
@@ -178,7 +179,8 @@ def test_orpo_keeps_sequences_within_max_length(tmp_path, tiny_model, monkeypatc
 
 @pytest.mark.parametrize("module, tuner", [(dpo, DPOTuner), (orpo, ORPOTuner)], ids=["dpo", "orpo"])
 def test_prompt_that_fills_max_length_names_its_line(tmp_path, tiny_model, monkeypatch, module, tuner):
-    # trl 1.12 alone: DPO drops such a row without a word, ORPO trains on an empty answer
+    # trl alone (1.12 and 1.16): DPO drops such a row without a word; ORPO keeps it with an
+    # empty answer (1.16 logs a warning once)
     monkeypatch.setattr(module, "run_trainer", _no_training)
     rows = PAIRS[:2] + [{"prompt": "Tell me about the river and the old town. " * 6, "chosen": "Yes.",
                          "rejected": "No."}] + PAIRS[2:4]
@@ -216,6 +218,25 @@ def test_dpo_options_follow_trl():
     assert ORPOOptions().beta == 0.1
     with pytest.raises(ValueError, match="(?i)extra"):
         ORPOOptions(loss_type="sigmoid")
+    # trl's DPOTrainer (from 1.16) reads lm_head's weight directly and refuses an adapter there
+    with pytest.raises(ValueError, match=r"target_modules\n.*'lm_head' cannot carry the adapter"):
+        DPOOptions(target_modules=["q_proj", "lm_head"])
+
+
+def test_orpo_trains_an_adapter_on_lm_head(tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    # trl's ORPO computes its log-probabilities from the model's logits, through the adapter
+    data = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
+    out = tmp_path / "out"
+    out.mkdir()
+    options = ORPOOptions(target_modules=["lm_head"], steps=2, lr=1e-2, batch_size=4,
+                          max_length=64)
+    result = ORPOTuner(options).tune(TuneJob(tiny_model, "pref", data, out, seed=0))
+    tensors = load_file(result.path / "adapter_model.safetensors")
+    assert {"base_model.model.lm_head.lora_A.weight",
+            "base_model.model.lm_head.lora_B.weight"} <= set(tensors)
+    assert tensors["base_model.model.lm_head.lora_B.weight"].abs().max() > 0  # it trained
 
 
 def test_each_module_registers_its_tuner():

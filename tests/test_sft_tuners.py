@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from harness import EvaluatorSpec, TuneJob, Variant
@@ -12,6 +13,7 @@ from harness_plugins.backends.hf import HFBackend, HFOptions
 from harness_plugins.evaluators.perplexity import PerplexityEvaluator, PerplexityOptions
 from harness_plugins.tuners.dora import DoraOptions, DoraTuner
 from harness_plugins.tuners.full import FullOptions, FullTuner
+from harness_plugins.tuners.lora import LoraOptions, LoraTuner
 from harness_plugins.tuners.qlora import QLoraOptions, QLoraTuner, quantised_base
 
 from .conftest import SFT_ROWS, completion_nll, write_jsonl
@@ -100,3 +102,19 @@ def test_full_fine_tuning_changes_every_tensor_and_evaluates_from_its_folder(tmp
     full = perplexity(Variant("full", "f", tiny_model, "weights", result.path, "full"))
     assert full < first
     assert perplexity(base_variant) == first
+
+
+@pytest.mark.parametrize("options", [LoraOptions, DoraOptions, QLoraOptions])
+def test_an_adapter_on_lm_head_is_a_suite_error(options):
+    for modules in (["q_proj", "lm_head"], "lm_head"):
+        with pytest.raises(ValidationError,
+                           match=r"target_modules\n.*'lm_head' cannot carry the adapter"):
+            options(target_modules=modules)
+    assert options(target_modules=["q_proj", "v_proj"]).target_modules == ["q_proj", "v_proj"]
+
+
+def test_trl_refuses_an_adapter_on_lm_head_which_is_why_validation_does(tmp_path, tiny_model):
+    # options built without validation reach trl's SFTTrainer, which raises (trl >= 1.16)
+    unchecked = LoraOptions.model_construct(target_modules=["q_proj", "lm_head"], **COMMON)
+    with pytest.raises(ValueError, match="Applying a PEFT adapter to `lm_head` is not supported"):
+        LoraTuner(unchecked).tune(_job(tmp_path, tiny_model))

@@ -1,9 +1,13 @@
 """The SFT tuners' leaner loss (logits only where the loss is taken, no trl per-step
-metrics) trains exactly as trl's own SFTTrainer did, and records everything it did.
+metrics) trains as trl's own SFTTrainer does, and records everything it did.
 
-The reference is the code path before the change, run in the same process: trl's stock
-``SFTTrainer`` with its default loss (``chunked_nll``), built by ``train_sft`` from the
-same arguments. Timing is not tested here: ``bench/tuning_overhead.py`` measures it.
+The reference is trl's stock ``SFTTrainer``, built by ``train_sft`` from the same
+arguments (``loss_type="nll"``, trl's default) in the same process. Since trl 1.16 the
+two agree to float32 rounding, not bit for bit: trl scores the tokens with its fused LM
+head, which sums log-probabilities over vocabulary tiles in another order than the
+model's own cross-entropy does. So the test compares what the loss defines, the
+gradients of the first step, tightly, and the whole run within what three Adam steps
+make of that rounding. Timing is not tested here: ``bench/tuning_overhead.py`` measures it.
 """
 
 from __future__ import annotations
@@ -38,17 +42,27 @@ def _tune(tmp_path, tiny_model, tuner: str, name: str, **job):
     return TUNERS[tuner]().tune(TuneJob(tiny_model, name, data, out, seed=0, **job))
 
 
-def _stock_trl(monkeypatch):
-    """``train_sft`` as it was: trl's SFTTrainer and its default loss."""
-    from trl import SFTTrainer
+def _tune_keeping_first_gradients(tmp_path, tiny_model, monkeypatch, tuner: str, name: str):
+    """The tuner's result, and each trained parameter's gradient in the first optimiser
+    step (as the optimiser sees it, after transformers' clipping to norm 1)."""
+    from transformers import TrainerCallback
 
-    plain_args = training.trainer_args
+    gradients = {}
 
-    def args_with_trl_loss(*args, loss_type=None, **kwargs):
-        return plain_args(*args, **kwargs)
+    class FirstGradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                gradients.update({name: p.grad.detach().clone()
+                                  for name, p in model.named_parameters() if p.grad is not None})
 
-    monkeypatch.setattr(training, "trainer_args", args_with_trl_loss)
-    monkeypatch.setattr(training, "completion_sft_trainer", lambda: SFTTrainer)
+    plain_run = training.run_trainer
+
+    def run_keeping_gradients(trainer, *args):
+        trainer.add_callback(FirstGradients())
+        return plain_run(trainer, *args)
+
+    monkeypatch.setattr(training, "run_trainer", run_keeping_gradients)
+    return _tune(tmp_path, tiny_model, tuner, name), gradients
 
 
 def _weights(result):
@@ -59,21 +73,36 @@ def _weights(result):
 
 
 @pytest.mark.parametrize("tuner", sorted(TUNERS))
-def test_loss_curve_weights_and_record_are_those_of_trl_s_own_trainer(
+def test_gradients_loss_curve_weights_and_record_are_those_of_trl_s_own_trainer(
         tmp_path, tiny_model, monkeypatch, tuner):
     import torch
+    from trl import SFTTrainer
 
-    lean = _tune(tmp_path, tiny_model, tuner, "lean")
     with monkeypatch.context() as patch:
-        _stock_trl(patch)
-        stock = _tune(tmp_path, tiny_model, tuner, "stock")
+        lean, lean_gradients = _tune_keeping_first_gradients(tmp_path, tiny_model, patch, tuner,
+                                                             "lean")
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "completion_sft_trainer", lambda: SFTTrainer)
+        stock, gradients = _tune_keeping_first_gradients(tmp_path, tiny_model, patch, tuner,
+                                                         "stock")
 
-    # the same gradients every step: the trained weights are equal to the last bit; the
-    # loss is summed over other rows in another order, so its value may differ in the last bit
-    assert lean.record.loss_curve == pytest.approx(stock.record.loss_curve, rel=1e-6, abs=0)
+    # the same loss over the same tokens: each parameter's first gradient is trl's up to
+    # rounding, a difference under 1e-4 of its norm (measured: 2e-7; 2e-5 for QLoRA, whose
+    # 4-bit layers pass the rounding on less evenly); a loss over other tokens points it
+    # elsewhere. Clipping would hide a scale, so the loss values below check normalisation.
+    assert lean_gradients.keys() == gradients.keys() and gradients
+    for name, reference in gradients.items():
+        difference = (lean_gradients[name] - reference).norm()
+        assert difference <= 1e-4 * reference.norm(), name
+    # each loss within 1e-5 of trl's (measured: at most 2e-6), the first one on the same
+    # weights; and each trained weight within a tenth of the learning rate, about the most
+    # one Adam step moves a weight (measured: 5e-2 of it for QLoRA, below 5e-3 otherwise)
+    assert lean.record.loss_curve == pytest.approx(stock.record.loss_curve, rel=1e-5, abs=0)
     weights, reference = _weights(lean), _weights(stock)
+    lr = TUNERS[tuner]().options.lr
     assert weights.keys() == reference.keys()
-    assert all(torch.equal(weights[name], reference[name]) for name in reference)
+    for name in reference:
+        assert (weights[name] - reference[name]).abs().max() <= 0.1 * lr, name
     for field in ("steps", "train_tokens", "trainable_params", "total_params"):
         assert getattr(lean.record, field) == getattr(stock.record, field), field
 

@@ -10,15 +10,15 @@ from harness import TuneJob, TuneResult
 
 from harness_plugins.tuners.rows import SFTRow
 from harness_plugins.tuners.training import (
-    AdapterOptions,
     BaseTuner,
+    FusedHeadAdapterOptions,
     load_model_for,
     lora_config,
     train_sft,
 )
 
 
-class DoraOptions(AdapterOptions):
+class DoraOptions(FusedHeadAdapterOptions):
     pass
 
 

@@ -18,8 +18,8 @@ from harness import TuneJob, TuneResult
 from harness_plugins.tuners.preferences import data_lines, prompt_fills_max_length
 from harness_plugins.tuners.rows import PreferenceRow, load_rows
 from harness_plugins.tuners.training import (
-    AdapterOptions,
     BaseTuner,
+    FusedHeadAdapterOptions,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -28,15 +28,15 @@ from harness_plugins.tuners.training import (
     trainer_args,
 )
 
-#: every loss trl 1.12's DPOTrainer implements (``DPOConfig.loss_type``; the trainer's
-#: ``_compute_loss`` rejects anything else)
+#: every loss trl's DPOTrainer implements (``DPOConfig.loss_type``, the same 15 in 1.12 and
+#: 1.16; the trainer's ``_compute_loss`` rejects anything else)
 DPOLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 ]
 
 
-class DPOOptions(AdapterOptions):
+class DPOOptions(FusedHeadAdapterOptions):
     beta: float = Field(default=0.1, gt=0, description="how far the policy may move from the reference "
                                                         "(higher = closer); tau for 'ipo'")
     loss_type: DPOLoss | list[DPOLoss] = Field(
@@ -69,7 +69,7 @@ class DPOTuner(BaseTuner):
         recorder = record_callback(job.on_step)
         args = trainer_args(DPOConfig, options, job, max_length=options.max_length, beta=options.beta,
                             loss_type=options.loss_type, label_smoothing=options.label_smoothing)
-        # The reference model is the base with the adapter disabled, not a copy. In trl 1.12
+        # The reference model is the base with the adapter disabled, not a copy. In trl 1.16
         # DPOTrainer.__init__ wraps a plain model with get_peft_model when given peft_config and
         # sets self.ref_model = None when ref_model is None and the model is a peft model; the
         # reference forward in _compute_loss then runs under use_adapter(model, None), i.e.

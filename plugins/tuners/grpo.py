@@ -34,8 +34,8 @@ from harness_plugins.tuners.rl import (
 )
 from harness_plugins.tuners.rows import PromptRow
 from harness_plugins.tuners.training import (
-    AdapterOptions,
     BaseTuner,
+    FusedHeadAdapterOptions,
     load_model_for,
     load_tokenizer_for,
     lora_config,
@@ -45,7 +45,7 @@ from harness_plugins.tuners.training import (
 )
 
 
-class GRPOOptions(AdapterOptions):
+class GRPOOptions(FusedHeadAdapterOptions):
     """``batch_size`` counts completions: ``batch_size / num_generations`` prompts per step."""
 
     reward: str = Field(default="length", description="name of a registered reward")

@@ -7,7 +7,6 @@ over rejected.
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 from pydantic import Field
@@ -40,8 +39,9 @@ class ORPOTuner(BaseTuner):
 
     def tune(self, job: TuneJob) -> TuneResult:
         dataset = load_rows(job.data, self.Rows)  # every row checked before trl is even imported
-        # trl 1.12 ships ORPO only under trl.experimental, whose first import warns that the
-        # API is unstable. We pin trl, so the notice says nothing new; silence it here only.
+        # trl (1.16 too) ships ORPO only under trl.experimental, whose first import warns that
+        # the API is unstable: a notice for whoever writes the import, which a suite's author
+        # cannot act on; silence it here only.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'")
             from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -52,41 +52,27 @@ class ORPOTuner(BaseTuner):
         # itself, with a warning)
         args = trainer_args(ORPOConfig, options, job, max_length=options.max_length, beta=options.beta,
                             remove_unused_columns=False)
-        trainer = _fixed(ORPOTrainer)(model=load_model_for(job), args=args, train_dataset=dataset,
-                                      processing_class=load_tokenizer_for(job),
-                                      peft_config=lora_config(options), callbacks=[recorder])
+        trainer = _with_token_count(ORPOTrainer)(
+            model=load_model_for(job), args=args, train_dataset=dataset,
+            processing_class=load_tokenizer_for(job), peft_config=lora_config(options),
+            callbacks=[recorder])
         _check_answers_fit(trainer.train_dataset, job, options.max_length)
         return run_trainer(trainer, job, "adapter", recorder)
 
 
-def _fixed(trainer_class):
-    """trl 1.12's ORPOTrainer with two repairs.
+def _with_token_count(trainer_class):
+    """trl's ORPOTrainer, counting its tokens.
 
-    * Truncation: its ``tokenize_row`` never shortens the prompt and cuts each answer
-      to ``max_length`` minus the *longer answer's* length (a negative slice when that
-      answer is longer than ``max_length``), so sequences exceed ``max_length`` and an
-      answer can lose every token (its mean log-probability is then 0/0). Here each
-      row is tokenized whole and each sequence keeps its first ``max_length`` tokens,
-      as DPOTrainer does.
-    * Token count: its batches hold ``chosen_input_ids`` and ``rejected_input_ids``
-      but no ``input_ids``, so transformers' counter warns on every step and counts
-      nothing. Both halves are counted, padding included, as the counter does for
-      DPO's concatenated batch.
+    Its batches hold ``chosen_input_ids`` and ``rejected_input_ids`` but no ``input_ids``,
+    so transformers' counter warns on every step and counts nothing. Both halves are
+    counted, padding included, as the counter does for DPO's concatenated batch.
+    (trl 1.16 truncates as the harness needs: each answer keeps what fits after the prompt,
+    so a sequence exceeds ``max_length`` only when its prompt alone does, and such a row is
+    refused before training: ``_check_answers_fit``.)
     """
     import torch
 
     class HarnessORPOTrainer(trainer_class):
-        def tokenize_row(self, feature, model=None):
-            limit, self.max_length = self.max_length, sys.maxsize
-            try:
-                row = super().tokenize_row(feature, model)
-            finally:
-                self.max_length = limit
-            for side in ("chosen", "rejected"):
-                for key in ("input_ids", "attention_mask", "labels"):
-                    row[f"{side}_{key}"] = row[f"{side}_{key}"][:limit]
-            return row
-
         def _track_num_input_tokens(self, inputs):
             if self.args.include_num_input_tokens_seen == "no":
                 return

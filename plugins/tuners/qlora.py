@@ -15,15 +15,15 @@ from harness import TuneJob, TuneResult
 
 from harness_plugins.tuners.rows import SFTRow
 from harness_plugins.tuners.training import (
-    AdapterOptions,
     BaseTuner,
+    FusedHeadAdapterOptions,
     load_model_for,
     lora_config,
     train_sft,
 )
 
 
-class QLoraOptions(AdapterOptions):
+class QLoraOptions(FusedHeadAdapterOptions):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
 
