@@ -144,3 +144,36 @@ def test_killed_while_tuning_resumes_from_the_checkpoint(tmp_path):
     assert not list(variants.glob("*.partial"))  # no half-written variant is left
     [adapter] = list(variants.glob("*/adapter"))
     assert not (adapter.parent / "trainer").exists()  # checkpoints are gone once it finished
+
+
+PPO_TUNER = """
+[[tuners]]
+name = "ppo-a"
+method = "ppo"
+data = "data/prefs.jsonl"
+options = { steps = 4, batch_size = 4, max_completion_length = 4, num_ppo_epochs = 2, lr = 1e-2, reward = "length", reward_options = { target_words = 3 }, checkpoint_every = 2 }
+"""
+
+
+def test_killed_ppo_resumes_from_its_own_state_to_the_same_variant(tmp_path):
+    from .conftest import PREFERENCE_ROWS, write_jsonl
+
+    runs = {}
+    for name in ("clean", "killed"):
+        root = tmp_path / name
+        write_jsonl(root / "data" / "prefs.jsonl", PREFERENCE_ROWS)
+        suite = small_suite(root, tuners=False, extra=PPO_TUNER)
+        if name == "killed":
+            _kill(suite, "step:3")  # the state after update 2 is on disk
+            [partial] = list((root / "results" / "small.variants").glob("*.partial"))
+            assert [p.name for p in (partial / "trainer").iterdir()] == ["update-2"]
+        run_suite(suite, host=PluginHost.load(entry_points=False), show_progress=False)
+        store = root / "results" / "small.duckdb"
+        _assert_whole(store, 4)
+        runs[name] = query(store, "SELECT steps, loss_curve FROM variants")[1]
+        [adapter] = list((root / "results" / "small.variants").glob("*/adapter"))
+        assert not (adapter.parent / "trainer").exists()
+    # the resumed run kept updates 1-2 from its state and computed 3-4 as the clean run did
+    [(steps, curve)] = runs["killed"]
+    assert steps == 4 and len(curve) == 4
+    assert runs["killed"] == runs["clean"]

@@ -1,9 +1,14 @@
-"""RL tuners (PPO, GRPO) raise their reward; the built-in rewards compute what their docs say.
+"""GRPO raises its reward; the built-in rewards compute what their docs say; both RL tuners
+take their reward from the plugin registry (PPO's own tests: test_ppo.py).
 
 The tiny model's logits barely move through its attention and MLP alone (its
 random ``lm_head`` reads an RMS-normalised state), so the training tests also
-put LoRA on ``lm_head``. Rewards are measured on completions sampled from the
-base and from base + adapter with the same seed and the training temperature.
+train ``lm_head``: PPO (test_ppo.py) with LoRA on it; GRPO, whose trl trainer (from 1.16)
+computes log-probabilities from ``lm_head.weight`` directly and refuses an
+adapter there, with the whole layer trained beside the adapter (peft's
+``modules_to_save``, whose trained copy is the weight trl reads). Rewards are
+measured on completions sampled from the base and from base + adapter with the
+same seed and the training temperature.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from pydantic import ValidationError
 
 from harness import TuneJob
-from harness.errors import DataError, UserError
+from harness.errors import UserError
 from harness_plugins.rewards.reward_model import RewardModelOptions, RewardModelReward
 from harness_plugins.rewards.rules import (
     ContainsOptions,
@@ -26,7 +31,7 @@ from harness_plugins.rewards.rules import (
     LengthReward,
 )
 from harness_plugins.tuners.grpo import GRPOOptions, GRPOTuner
-from harness_plugins.tuners.ppo import PPOOptions, PPOTuner
+from harness_plugins.tuners.ppo import PPOTuner
 from harness_plugins.tuners.rl import message_text
 
 from .conftest import TEXT_ROWS, write_jsonl
@@ -162,34 +167,36 @@ def test_unknown_reward_is_a_user_error_naming_the_option(tmp_path, tiny_model, 
 def test_options_that_cannot_form_batches_are_rejected():
     with pytest.raises(ValidationError, match="must be a multiple of num_generations"):
         GRPOOptions(batch_size=6, num_generations=4)
-    with pytest.raises(ValidationError, match="must be a multiple of num_mini_batches"):
-        PPOOptions(batch_size=6, num_mini_batches=4)
-    with pytest.raises(ValidationError, match="reward_options needs reward"):
-        PPOOptions(reward_options={"target_words": 3})
 
 
-def test_ppo_data_errors_name_the_file(tmp_path, tiny_model):
-    job = _job(tiny_model, tmp_path, [{"prompt": p} for p in PROMPTS[:3]])
-    with pytest.raises(DataError, match=r"data.jsonl: 3 distinct prompts; ppo needs at least"):
-        PPOTuner(PPOOptions(reward="length", batch_size=4)).tune(job)
-    # without a registered reward every row must be a preference row
-    job = _job(tiny_model, tmp_path, PREFERENCE_ROWS[:2] + [{"prompt": "Hi"}])
-    with pytest.raises(DataError, match=r"data.jsonl:3: field 'chosen': Field required"):
-        PPOTuner(PPOOptions(batch_size=2)).tune(job)
+def test_grpo_refuses_an_adapter_on_lm_head_when_the_suite_is_validated():
+    # trl's GRPOTrainer raises only once the model is loaded (see the module docstring)
+    for modules in (["q_proj", "lm_head"], "lm_head"):
+        with pytest.raises(ValidationError,
+                           match=r"target_modules\n.*'lm_head' cannot carry the adapter"):
+            GRPOOptions(target_modules=modules)
+    assert GRPOOptions(target_modules=["q_proj", "v_proj"]).target_modules == ["q_proj", "v_proj"]
+    assert GRPOOptions().target_modules == "all-linear"
 
 
 # -- training raises the reward ------------------------------------------------------------
 
 
-def test_grpo_raises_mean_reward(tmp_path, tiny_model):
+def test_grpo_raises_mean_reward(tmp_path, tiny_model, monkeypatch):
     from transformers import set_seed
 
+    from harness_plugins.tuners import grpo, training
+
+    # the output layer trained whole beside the adapter (see the module docstring); without
+    # it the reward rose by 0.03 to 0.06 here, within the sampling noise
+    monkeypatch.setattr(grpo, "lora_config", lambda options, **extra: training.lora_config(
+        options, modules_to_save=["lm_head"], **extra))
     set_seed(0)
     job = _job(tiny_model, tmp_path, [{"prompt": p} for p in PROMPTS], "grpo")
     steps = []
     job.on_step = lambda step, total, loss: steps.append((step, total))
     options = GRPOOptions(reward="contains", reward_options={"pattern": "e"}, steps=20,
-                          num_generations=4, **FAST)
+                          num_generations=4, **{**FAST, "target_modules": ["q_proj", "v_proj"]})
     result = GRPOTuner(options).tune(job)
 
     assert result.kind == "adapter" and (result.path / "adapter_model.safetensors").is_file()
@@ -200,53 +207,8 @@ def test_grpo_raises_mean_reward(tmp_path, tiny_model):
 
     reward = ContainsReward(ContainsOptions(pattern="e"))
     before, after = _base_and_tuned(tiny_model, result.path, reward)
+    # measured here: 0.58 -> 1.00
     assert after > before + 0.1, (before, after)
-
-
-def test_ppo_with_a_registered_reward_raises_mean_reward(tmp_path, tiny_model):
-    from transformers import set_seed
-
-    set_seed(0)
-    job = _job(tiny_model, tmp_path, [{"prompt": p} for p in PROMPTS], "ppo")
-    steps = []
-    job.on_step = lambda step, total, loss: steps.append((step, total))
-    options = PPOOptions(reward="length", reward_options={"target_words": 6}, steps=12,
-                         value_lr=1e-3, kl_coef=0.0, **FAST)
-    result = PPOTuner(options).tune(job)
-
-    assert result.kind == "adapter" and (result.path / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in job.output_dir.iterdir()) == ["adapter", "rl_log.json"]
-    record = result.record
-    assert record.steps == 12 and len(record.loss_curve) == 12 and steps[-1] == (12, 12)
-    assert record.train_tokens > 16 * 12 and record.seconds > 0 and record.peak_memory_mb > 0
-
-    reward = LengthReward(LengthOptions(target_words=6))
-    before, after = _base_and_tuned(tiny_model, result.path, reward)
-    assert after > before + 0.2, (before, after)
-
-
-def test_ppo_trains_a_reward_model_and_raises_its_score(tmp_path, tiny_model):
-    from transformers import set_seed
-
-    set_seed(0)
-    job = _job(tiny_model, tmp_path, PREFERENCE_ROWS, "ppo-rm")
-    # The reward model's scores sit near -4; with trl's default value clip (0.2 per update)
-    # the value model would spend most of the run catching up with that offset.
-    options = PPOOptions(keep_reward_model=True, reward_model_steps=30, reward_model_lr=1e-2,
-                         steps=12, value_lr=1e-3, kl_coef=0.0, cliprange_value=100.0, **FAST)
-    result = PPOTuner(options).tune(job)
-
-    log = json.loads((job.output_dir / "rl_log.json").read_text())
-    assert log["reward_model_steps"] == 30
-    assert log["reward_model_pair_accuracy"] == 1.0
-    assert log["reward_model_loss"][-1] < log["reward_model_loss"][0]
-    kept = job.output_dir / "reward_model"
-    assert (kept / "model.safetensors").is_file() and not list(kept.glob("*.bin"))
-
-    # the kept reward model, through the reward-model reward, scores the tuned policy higher
-    reward = RewardModelReward(RewardModelOptions(path=kept))
-    before, after = _base_and_tuned(tiny_model, result.path, reward)
-    assert after > before + 2.0, (before, after)
 
 
 # -- through a suite: the rewards reach the tuners from the plugin registry -----------------
