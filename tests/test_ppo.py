@@ -10,6 +10,7 @@ sits on the tiny model's ``lm_head``, where it can move the next-token distribut
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,40 @@ def test_the_less_common_options_train_as_documented(tmp_path, tiny_model):
     assert min(h["objective/scores"] for h in history) < 0
     assert all(h["objective/kl"] >= 0 for h in history)  # k3 is never negative
     assert not (tmp_path / "options" / "trainer").exists()
+
+
+# -- from a parent variant ------------------------------------------------------------------
+
+PPO_FROM_SFT = """
+[[tuners]]
+name = "ppo"
+method = "ppo"
+from = "lora-a"
+data = "data/prompts.jsonl"
+options = { steps = 2, batch_size = 4, max_completion_length = 4, kl_coef = 0.05, reward = "contains", reward_options = { pattern = "^" } }
+"""
+
+
+def test_from_a_parent_the_reference_is_the_parent(tmp_path):
+    import duckdb
+
+    from harness.runner import run_suite
+
+    from .conftest import small_suite
+
+    write_jsonl(tmp_path / "data" / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    summary = run_suite(small_suite(tmp_path, extra=PPO_FROM_SFT), show_progress=False)
+    assert summary.failed == 0
+    with duckdb.connect(str(summary.store_path), read_only=True) as con:
+        scores = dict(((v, e), x) for v, e, x in con.execute(
+            "SELECT variant, evaluator, value FROM latest_scores").fetchall())
+        [path] = con.execute("SELECT path FROM variants WHERE name = 'ppo'").fetchone()
+    history = json.loads((Path(path).parent / "rl_log.json").read_text())["steps"]
+    # The policy starts as the parent (its new adapter is 0) and the reference is the parent
+    # too (adapter off): the first rollouts' KL is exactly 0. Against the root base it would
+    # not be, since lora-a moved the model.
+    assert history[0]["objective/kl"] == 0.0
+    # a constant reward leaves the policy where it started: the child scores as its parent
+    for evaluator in ("mc", "text"):
+        assert scores[("ppo", evaluator)] == pytest.approx(scores[("lora-a", evaluator)], rel=1e-6)
+    assert abs(scores[("ppo", "text")] - scores[("base", "text")]) > 1e-3
