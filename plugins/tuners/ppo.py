@@ -189,6 +189,11 @@ def reward_model_stage(job: TuneJob, options: PPOOptions, reward_class: Any,
 
     saved = job.output_dir / "trainer" / "reward_model"
     info_file = saved / "harness_reward_model.json"
+    kept = job.output_dir / "reward_model"
+
+    def reward_of(model: Any, tokenizer: Any) -> Any:
+        return reward_class.from_loaded(model, tokenizer, reward_class.Options(path=kept))
+
     if info_file.is_file():
         info = json.loads(info_file.read_text(encoding="utf-8"))
         remote = job.model.trust_remote_code
@@ -202,18 +207,17 @@ def reward_model_stage(job: TuneJob, options: PPOOptions, reward_class: Any,
         model, recorder = train_reward_model(job, options, tokenizer)
         info = {"reward_model_loss": recorder.losses, "reward_model_steps": len(recorder.losses),
                 "reward_model_tokens": recorder.tokens}
+        # scored once, after training: a resumed run takes the accuracy from the saved info
+        info["reward_model_pair_accuracy"] = pair_accuracy(reward_of(model, tokenizer), job)
         if options.checkpoint_every:  # a resumed run scores with this same model
             partial = saved.with_name("reward_model.partial")
             shutil.rmtree(partial, ignore_errors=True)
             save_reward_model(model, tokenizer, partial)
             (partial / info_file.name).write_text(json.dumps(info), encoding="utf-8")
             partial.rename(saved)
-    kept = job.output_dir / "reward_model"
-    reward = reward_class.from_loaded(model, tokenizer, reward_class.Options(path=kept))
-    info["reward_model_pair_accuracy"] = pair_accuracy(reward, job)
     if options.keep_reward_model:
         save_reward_model(model, tokenizer, kept)
-    return reward, info
+    return reward_of(model, tokenizer), info
 
 
 def save_reward_model(model: Any, tokenizer: Any, folder: Path) -> None:

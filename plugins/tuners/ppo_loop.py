@@ -86,16 +86,17 @@ class PolicyWithValue:
     def score(self, ids: torch.Tensor, attention: torch.Tensor, prompt_length: int,
               with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probabilities of the completion tokens at the sampling temperature, the value
-        of the state before each, and the logits (for the entropy)."""
+        of the state before each, and the whole next-token log-distribution (for the
+        entropy)."""
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=ids, attention_mask=attention, position_ids=positions,
                                use_cache=False).last_hidden_state
         states = hidden[:, prompt_length - 1:-1]  # the state that predicts each completion token
-        logits = self.output_layer(states).float() / self.temperature
+        distribution = (self.output_layer(states).float() / self.temperature).log_softmax(-1)
         tokens = ids[:, prompt_length:]
-        logprobs = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+        logprobs = distribution.gather(-1, tokens[..., None]).squeeze(-1)
         values = self.value_head(states.float()).squeeze(-1) if with_values else None
-        return logprobs, values, logits
+        return logprobs, values, distribution
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
@@ -159,8 +160,8 @@ def collect(model: PolicyWithValue, prompts: list[list[int]], texts: list[str], 
     logprobs, ref_logprobs, values, entropy = [], [], [], 0.0
     with torch.no_grad():
         for rows in torch.split(torch.arange(len(prompts)), options.batch_size):
-            lp, value, logits = model.score(ids[rows], attention[rows], width)
-            token_entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+            lp, value, distribution = model.score(ids[rows], attention[rows], width)
+            token_entropy = -(distribution.exp() * distribution).sum(-1)
             entropy += float((token_entropy * mask[rows]).sum())
             with model.policy.disable_adapter():
                 ref, _, _ = model.score(ids[rows], attention[rows], width, with_values=False)
